@@ -1,0 +1,280 @@
+//! One open server connection and the exchanges the proxy runs on it by itself.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::auth::read_frame;
+use super::connect::BackendError;
+use super::prepared::PreparedCache;
+use crate::protocol::messages::{self, parse_error_fields, parse_parameter_status};
+use crate::protocol::startup::CancelKey;
+
+/// Reported parameters a client may change with SET; these follow each client from
+/// server to server. Read-only ones (server_version, is_superuser, …) do not.
+pub const CLIENT_PARAMETERS: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "IntervalStyle",
+    "TimeZone",
+    "standard_conforming_strings",
+];
+
+/// How long `close` waits for the server to end the session.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Until the pool sets `max_prepared_statements`.
+const DEFAULT_PREPARED_CAPACITY: usize = 100;
+
+pub struct ServerConn {
+    pub stream: TcpStream,
+    /// Bytes read from the server and not yet handled; empty whenever it is idle.
+    pub buf: BytesMut,
+    pub max_message: usize,
+    /// The server's own cancel key, for forwarding a client's CancelRequest.
+    pub key: CancelKey,
+    /// Parameters as the server last reported them (ParameterStatus).
+    params: BTreeMap<String, String>,
+    /// Client-changeable parameters as they were when the connection opened: what a
+    /// client that asks for nothing gets.
+    initial: Vec<(String, String)>,
+    /// Unreported settings the proxy applied for a client, to skip repeating them.
+    applied: BTreeMap<String, String>,
+    /// Transaction status from the last ReadyForQuery: b'I', b'T' or b'E'.
+    pub status: u8,
+    /// Statements the proxy prepared here for transaction-mode clients.
+    pub prepared: PreparedCache,
+    pub created: Instant,
+    pub last_used: Instant,
+}
+
+impl ServerConn {
+    pub(super) fn new(
+        stream: TcpStream,
+        buf: BytesMut,
+        max_message: usize,
+        key: CancelKey,
+    ) -> Self {
+        let now = Instant::now();
+        ServerConn {
+            stream,
+            buf,
+            max_message,
+            key,
+            params: BTreeMap::new(),
+            initial: Vec::new(),
+            applied: BTreeMap::new(),
+            status: b'I',
+            prepared: PreparedCache::new(DEFAULT_PREPARED_CAPACITY),
+            created: now,
+            last_used: now,
+        }
+    }
+
+    pub fn params(&self) -> &BTreeMap<String, String> {
+        &self.params
+    }
+
+    pub(super) fn remember_initial_params(&mut self) {
+        self.initial = CLIENT_PARAMETERS
+            .iter()
+            .filter_map(|name| Some((name.to_string(), self.params.get(*name)?.clone())))
+            .collect();
+    }
+
+    /// Client-changeable parameters as they were when the connection opened.
+    pub fn initial_params(&self) -> &[(String, String)] {
+        &self.initial
+    }
+
+    /// Records a setting a client changed here itself (SET, RESET, RESET ALL), so the
+    /// next client that does not want it gets it reset.
+    pub fn note_setting(&mut self, name: &str, value: Option<&str>) {
+        match value {
+            Some(value) => {
+                self.applied.insert(name.to_string(), value.to_string());
+            }
+            None => {
+                self.applied.remove(name);
+            }
+        }
+    }
+
+    pub fn forget_settings(&mut self) {
+        self.applied.clear();
+    }
+
+    /// Records a ParameterStatus the relay saw go by.
+    pub fn note_parameter(&mut self, name: &str, value: &str) {
+        if self.params.get(name).map(String::as_str) != Some(value) {
+            self.params.insert(name.to_string(), value.to_string());
+        }
+    }
+
+    /// Reads until ReadyForQuery, recording parameters and the cancel key. The first
+    /// ErrorResponse is returned as `Refused` once the server is ready again.
+    pub(super) async fn read_until_ready(&mut self, startup: bool) -> Result<(), BackendError> {
+        let mut error = None;
+        loop {
+            let frame = read_frame(&mut self.stream, &mut self.buf, self.max_message).await?;
+            let body = frame.body();
+            match frame.tag() {
+                b'S' => {
+                    if let Some((name, value)) = parse_parameter_status(body) {
+                        self.note_parameter(name, value);
+                    }
+                }
+                b'K' if body.len() == 8 => {
+                    self.key = CancelKey {
+                        pid: i32::from_be_bytes([body[0], body[1], body[2], body[3]]),
+                        secret: i32::from_be_bytes([body[4], body[5], body[6], body[7]]),
+                    };
+                }
+                b'E' => {
+                    let fields = parse_error_fields(body);
+                    if startup {
+                        return Err(BackendError::Refused(fields));
+                    }
+                    error.get_or_insert(fields);
+                }
+                b'Z' => {
+                    self.status = body.first().copied().unwrap_or(b'I');
+                    return match error {
+                        Some(fields) => Err(BackendError::Refused(fields)),
+                        None => Ok(()),
+                    };
+                }
+                // Row data, command tags and notices of the proxy's own queries.
+                _ => {}
+            }
+        }
+    }
+
+    /// Runs one simple query the proxy needs (reset, rollback, settings) and discards
+    /// its results.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<(), BackendError> {
+        let mut out = BytesMut::new();
+        messages::query(&mut out, sql);
+        self.stream.write_all(&out).await?;
+        self.read_until_ready(false).await
+    }
+
+    /// Returns the connection to a clean idle state for the next client: rolls back
+    /// an open transaction and runs `reset_query` (if any). Unreported settings the
+    /// proxy applied are forgotten because the reset undid them.
+    pub async fn reset(&mut self, reset_query: &str) -> Result<(), BackendError> {
+        if self.status != b'I' {
+            self.simple_query("ROLLBACK").await?;
+        }
+        if !reset_query.is_empty() {
+            self.simple_query(reset_query).await?;
+            self.applied.clear();
+            let upper = reset_query.to_ascii_uppercase();
+            if upper.contains("DISCARD ALL") || upper.contains("DEALLOCATE") {
+                self.prepared.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the session politely and waits (briefly) until the server has let go of
+    /// it, so a host's connection count is really down by one when this returns. A
+    /// connection that may be running something is cancelled first.
+    pub async fn close(mut self, cancel_at: Option<&str>) {
+        if let Some(address) = cancel_at {
+            let _ = super::send_cancel(address, self.key).await;
+        }
+        let mut out = BytesMut::new();
+        messages::terminate(&mut out);
+        let wait = async {
+            self.stream.write_all(&out).await?;
+            let mut sink = [0u8; 512];
+            while self.stream.read(&mut sink).await? > 0 {}
+            Ok::<_, std::io::Error>(())
+        };
+        let _ = tokio::time::timeout(CLOSE_WAIT, wait).await;
+    }
+
+    /// Brings the server's settings in line with what a client asked for, in one round
+    /// trip, sending only those that differ. Returns whether anything was sent.
+    /// Settings another client had applied here and this one did not ask for are
+    /// reset, so one client's startup options never reach another.
+    pub async fn sync_params(&mut self, wanted: &[(String, String)]) -> Result<bool, BackendError> {
+        let mut calls = Vec::new();
+        for (name, value) in wanted {
+            let current = self.params.get(name).or_else(|| self.applied.get(name));
+            if current != Some(value) {
+                calls.push(format!(
+                    "pg_catalog.set_config({}, {}, false)",
+                    literal(name),
+                    literal(value)
+                ));
+            }
+        }
+        let stale: Vec<String> = self
+            .applied
+            .keys()
+            .filter(|name| !wanted.iter().any(|(n, _)| n == *name))
+            .cloned()
+            .collect();
+        if calls.is_empty() && stale.is_empty() {
+            return Ok(false);
+        }
+        let mut statements = Vec::new();
+        if !calls.is_empty() {
+            statements.push(format!("SELECT {}", calls.join(", ")));
+        }
+        statements.extend(
+            stale
+                .iter()
+                .map(|name| format!("RESET {}", setting_name(name))),
+        );
+        // Boxed: needed only when a client's settings differ from the server's.
+        Box::pin(self.simple_query(&statements.join("; "))).await?;
+        for name in &stale {
+            self.applied.remove(name);
+        }
+        for (name, value) in wanted {
+            if !CLIENT_PARAMETERS.contains(&name.as_str()) {
+                self.applied.insert(name.clone(), value.clone());
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// A setting's name as SQL: each dotted part a quoted identifier (`"myapp"."flag"`).
+fn setting_name(name: &str) -> String {
+    name.split('.')
+        .map(|part| format!("\"{}\"", part.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// An escaped string literal that reads the same whatever standard_conforming_strings is.
+fn literal(value: &str) -> String {
+    format!("E'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::literal;
+
+    #[test]
+    fn setting_names_are_quoted_per_part() {
+        assert_eq!(
+            super::setting_name("statement_timeout"),
+            "\"statement_timeout\""
+        );
+        assert_eq!(super::setting_name("my.od\"d"), "\"my\".\"od\"\"d\"");
+    }
+
+    #[test]
+    fn literal_escapes_quotes_and_backslashes() {
+        assert_eq!(literal("it's a\\b"), "E'it''s a\\\\b'");
+    }
+}

@@ -1,0 +1,168 @@
+//! Opening a server connection for one tenant.
+
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::auth::authenticate;
+use super::conn::ServerConn;
+use crate::protocol::messages::{self, ErrorFields};
+use crate::protocol::startup::{CancelKey, CANCEL_REQUEST_CODE};
+
+/// Everything needed to open a server connection for a tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BackendTarget {
+    pub address: String,
+    pub database: String,
+    pub user: String,
+    pub password: Option<String>,
+    pub search_path: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("cannot connect to {address}: {source}")]
+    Connect {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("no answer from {address} within {timeout:?}")]
+    Timeout { address: String, timeout: Duration },
+    #[error("server refused: {}", .0.message)]
+    Refused(ErrorFields),
+    #[error("server requested {0}, which the proxy cannot answer")]
+    UnsupportedAuth(String),
+    #[error("server asked for a password, but the registry holds none for this tenant")]
+    MissingPassword,
+    #[error("authentication with the server failed: {0}")]
+    Auth(String),
+    #[error("server broke protocol: {0}")]
+    Protocol(String),
+    #[error("server connection lost: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl BackendError {
+    /// Whether the host itself could not be reached (as opposed to refusing us).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            BackendError::Connect { .. } | BackendError::Timeout { .. } | BackendError::Io(_)
+        )
+    }
+}
+
+/// Quotes a schema name for search_path when it is not a plain lower-case identifier.
+fn quote_ident(name: &str) -> String {
+    let plain = name.bytes().enumerate().all(|(i, b)| {
+        b.is_ascii_lowercase() || b == b'_' || (i > 0 && (b.is_ascii_digit() || b == b'$'))
+    });
+    if plain && !name.is_empty() {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+/// The `options` startup value that sets search_path: `-c search_path=a,"b c"`.
+/// Backslash and whitespace are escaped because the server splits options on spaces.
+pub fn search_path_option(schemas: &[String]) -> String {
+    let value = schemas
+        .iter()
+        .map(|s| quote_ident(s))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut option = String::from("-c search_path=");
+    for c in value.chars() {
+        if c == '\\' || c.is_whitespace() {
+            option.push('\\');
+        }
+        option.push(c);
+    }
+    option
+}
+
+/// Opens and authenticates a server connection; the whole exchange is bounded by
+/// `timeout`, so a host that accepts TCP but never answers does not hang a client.
+pub async fn connect(
+    target: &BackendTarget,
+    timeout: Duration,
+    max_message: usize,
+) -> Result<ServerConn, BackendError> {
+    match tokio::time::timeout(timeout, open(target, max_message)).await {
+        Ok(result) => result,
+        Err(_) => Err(BackendError::Timeout {
+            address: target.address.clone(),
+            timeout,
+        }),
+    }
+}
+
+async fn open(target: &BackendTarget, max_message: usize) -> Result<ServerConn, BackendError> {
+    let mut stream = TcpStream::connect(&target.address)
+        .await
+        .map_err(|source| BackendError::Connect {
+            address: target.address.clone(),
+            source,
+        })?;
+    stream.set_nodelay(true)?;
+
+    let options = (!target.search_path.is_empty()).then(|| search_path_option(&target.search_path));
+    let mut params = vec![
+        ("user", target.user.as_str()),
+        ("database", target.database.as_str()),
+    ];
+    if let Some(options) = &options {
+        params.push(("options", options.as_str()));
+    }
+    let mut out = BytesMut::new();
+    messages::startup_message(&mut out, params);
+    stream.write_all(&out).await?;
+
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    authenticate(&mut stream, &mut buf, target, max_message).await?;
+
+    // After AuthenticationOk: ParameterStatus and BackendKeyData until ReadyForQuery.
+    let mut conn = ServerConn::new(stream, buf, max_message, CancelKey { pid: 0, secret: 0 });
+    conn.read_until_ready(true).await?;
+    conn.remember_initial_params();
+    conn.last_used = Instant::now();
+    Ok(conn)
+}
+
+/// Asks the server at `address` to cancel what the session with `key` is running.
+pub async fn send_cancel(address: &str, key: CancelKey) -> std::io::Result<()> {
+    let mut packet = BytesMut::with_capacity(16);
+    packet.put_u32(16);
+    packet.put_u32(CANCEL_REQUEST_CODE);
+    packet.put_i32(key.pid);
+    packet.put_i32(key.secret);
+    let mut stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(address))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    stream.write_all(&packet).await?;
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_path_quoting() {
+        assert_eq!(
+            search_path_option(&["tenant_acme".into(), "public".into()]),
+            "-c search_path=tenant_acme,public"
+        );
+        assert_eq!(
+            search_path_option(&["Odd Name".into(), "a\"b".into(), "$user".into()]),
+            "-c search_path=\"Odd\\ Name\",\"a\"\"b\",\"$user\""
+        );
+        assert_eq!(
+            search_path_option(&["x\\y".into()]),
+            "-c search_path=\"x\\\\y\""
+        );
+    }
+}

@@ -1,0 +1,11 @@
+//! Server connections: opening one (TCP, startup with the tenant's search_path, auth as
+//! a client) and the few exchanges the proxy itself runs on it (reset, parameter sync).
+
+mod auth;
+mod conn;
+mod connect;
+mod prepared;
+
+pub use conn::{ServerConn, CLIENT_PARAMETERS};
+pub use connect::{connect, search_path_option, send_cancel, BackendError, BackendTarget};
+pub use prepared::PreparedCache;

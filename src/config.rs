@@ -1,0 +1,335 @@
+//! Proxy settings: a TOML file plus `PGTENANT__SECTION__KEY` environment overrides,
+//! loaded with the `config` crate into typed structs and validated whole.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where the tenant name is taken from, tried in the configured order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantSource {
+    /// The startup packet's database is the tenant.
+    Database,
+    /// `app.acme` or `app@acme`: the part after the last separator is the tenant.
+    UserSuffix,
+    /// The user name is the tenant.
+    User,
+    /// The TLS server name (needs TLS; refused by `check` until then).
+    Sni,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolMode {
+    Session,
+    Transaction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum AuthMethod {
+    #[serde(rename = "trust")]
+    Trust,
+    #[serde(rename = "md5")]
+    Md5,
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    #[serde(rename = "passthrough")]
+    Passthrough,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub proxy: ProxySettings,
+    pub pool: PoolSettings,
+    pub registry: RegistrySettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxySettings {
+    pub listen: String,
+    pub tenant_from: Vec<TenantSource>,
+    pub pool_mode: PoolMode,
+    pub auth: AuthMethod,
+    #[serde(with = "humantime_serde")]
+    pub startup_timeout: Duration,
+    pub max_client_conn: usize,
+    /// Largest message accepted from either side, in bytes.
+    pub max_message_size: usize,
+    /// Bytes queued towards one peer before the proxy stops reading from the other.
+    pub relay_buffer: usize,
+    /// Threads serving clients: 1 is a single event loop.
+    pub workers: usize,
+    /// How long a stopping proxy waits for clients to finish their transactions.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolSettings {
+    /// Default server connections per tenant; a tenant may set its own.
+    pub pool_size: usize,
+    /// Idle server connections kept open per active tenant; a tenant may set its own.
+    pub min_idle: usize,
+    /// Proxy-named prepared statements one server connection keeps (transaction mode).
+    pub max_prepared_statements: usize,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub checkout_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime: Duration,
+    /// Run on a session-mode server before another client gets it.
+    pub reset_query: String,
+    /// At a full host, how long a tenant keeps a server connection before it goes to
+    /// a tenant waiting for room (its turn): long enough to amortise opening one.
+    #[serde(with = "humantime_serde")]
+    pub host_turn: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistrySettings {
+    pub file: Option<PathBuf>,
+    pub url: Option<String>,
+    /// How often the registry file is checked for changes.
+    #[serde(with = "humantime_serde")]
+    pub watch_interval: Duration,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings {
+            listen: "127.0.0.1:6432".into(),
+            tenant_from: vec![TenantSource::Database, TenantSource::UserSuffix],
+            pool_mode: PoolMode::Session,
+            auth: AuthMethod::Trust,
+            startup_timeout: Duration::from_secs(10),
+            max_client_conn: 10_000,
+            max_message_size: 1 << 30,
+            relay_buffer: 256 * 1024,
+            workers: 1,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            pool_size: 10,
+            min_idle: 0,
+            max_prepared_statements: 200,
+            connect_timeout: Duration::from_secs(5),
+            checkout_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(3600),
+            reset_query: "DISCARD ALL".into(),
+            host_turn: Duration::from_millis(100),
+        }
+    }
+}
+
+impl Default for RegistrySettings {
+    fn default() -> Self {
+        RegistrySettings {
+            file: Some(PathBuf::from("config/tenants.toml")),
+            url: None,
+            watch_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// One thing wrong with the configuration, located by file and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: String,
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}: {}", self.file, self.key, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: {source}")]
+    Load {
+        file: String,
+        source: config::ConfigError,
+    },
+    #[error("{}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid { problems: Vec<Problem> },
+}
+
+impl Settings {
+    /// Loads `path` (TOML) with environment overrides and validates the result.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        let file = path.display().to_string();
+        let builder = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("PGTENANT")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .list_separator(",")
+                    .with_list_parse_key("proxy.tenant_from")
+                    .try_parsing(true),
+            );
+        Self::build(builder, &file)
+    }
+
+    /// Parses settings from TOML text (no environment), for tests and the demo.
+    pub fn from_toml(text: &str) -> Result<Settings, ConfigError> {
+        let builder = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml));
+        Self::build(builder, "<inline>")
+    }
+
+    fn build(
+        builder: config::ConfigBuilder<config::builder::DefaultState>,
+        file: &str,
+    ) -> Result<Settings, ConfigError> {
+        let settings: Settings =
+            builder
+                .build()
+                .and_then(|c| c.try_deserialize())
+                .map_err(|source| ConfigError::Load {
+                    file: file.to_string(),
+                    source,
+                })?;
+        let problems = settings.problems(file);
+        if problems.is_empty() {
+            Ok(settings)
+        } else {
+            Err(ConfigError::Invalid { problems })
+        }
+    }
+
+    /// Everything wrong with these settings; empty when they can be served.
+    pub fn problems(&self, file: &str) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut problem = |key: &str, message: String| {
+            problems.push(Problem {
+                file: file.to_string(),
+                key: key.to_string(),
+                message,
+            })
+        };
+        if self.proxy.listen.parse::<SocketAddr>().is_err() {
+            problem(
+                "proxy.listen",
+                format!("\"{}\" is not an IP address and port", self.proxy.listen),
+            );
+        }
+        if self.proxy.tenant_from.is_empty() {
+            problem("proxy.tenant_from", "must name at least one source".into());
+        }
+        if self.proxy.tenant_from.contains(&TenantSource::Sni) {
+            problem(
+                "proxy.tenant_from",
+                "\"sni\" needs client TLS, which this version does not serve yet".into(),
+            );
+        }
+        if self.proxy.auth != AuthMethod::Trust {
+            problem(
+                "proxy.auth",
+                "only \"trust\" is available in this version".into(),
+            );
+        }
+        if self.proxy.workers == 0 || self.proxy.workers > 256 {
+            problem("proxy.workers", "must be between 1 and 256".into());
+        }
+        if self.proxy.max_client_conn == 0 {
+            problem("proxy.max_client_conn", "must be at least 1".into());
+        }
+        if self.proxy.max_message_size < 1024 {
+            problem(
+                "proxy.max_message_size",
+                "must be at least 1024 bytes".into(),
+            );
+        }
+        if self.pool.pool_size == 0 {
+            problem("pool.pool_size", "must be at least 1".into());
+        }
+        if self.pool.min_idle > self.pool.pool_size {
+            problem("pool.min_idle", "must not exceed pool.pool_size".into());
+        }
+        if self.pool.max_prepared_statements == 0 {
+            problem("pool.max_prepared_statements", "must be at least 1".into());
+        }
+        match (&self.registry.file, &self.registry.url) {
+            (None, None) => problem("registry", "set either file or url".into()),
+            (Some(_), Some(_)) => problem("registry", "set file or url, not both".into()),
+            (None, Some(_)) => problem(
+                "registry.url",
+                "the Postgres registry is not available in this version; use file".into(),
+            ),
+            (Some(_), None) => {}
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let settings = Settings::from_toml("").unwrap();
+        assert_eq!(settings.proxy.listen, "127.0.0.1:6432");
+        assert_eq!(settings.proxy.startup_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn reads_keys() {
+        let settings = Settings::from_toml(
+            r#"
+            [proxy]
+            listen = "0.0.0.0:7000"
+            tenant_from = ["user_suffix", "user"]
+            startup_timeout = "250ms"
+            [registry]
+            file = "x.toml"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            settings.proxy.tenant_from,
+            vec![TenantSource::UserSuffix, TenantSource::User]
+        );
+        assert_eq!(settings.proxy.startup_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn names_each_problem() {
+        let err = Settings::from_toml(
+            r#"
+            [proxy]
+            listen = "nowhere"
+            tenant_from = []
+            "#,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("proxy.listen"), "{text}");
+        assert!(text.contains("proxy.tenant_from"), "{text}");
+    }
+
+    #[test]
+    fn unknown_key_is_refused() {
+        let err = Settings::from_toml("[proxy]\nlisten_addr = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("listen_addr"), "{err}");
+    }
+}

@@ -1,0 +1,18 @@
+//! pgtenant: a PostgreSQL wire-protocol proxy that serves each tenant of a
+//! multi-tenant application from its own pool, on its own host, with its own
+//! search_path. See DESIGN in the README for the path of one connection.
+
+pub mod app;
+pub mod backend;
+pub mod config;
+pub mod pool;
+pub mod protocol;
+pub mod proxy;
+pub mod registry;
+pub mod server;
+
+pub use app::App;
+pub use config::Settings;
+pub use server::Server;
+pub mod cluster;
+pub mod demo;

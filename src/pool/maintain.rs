@@ -1,0 +1,78 @@
+//! Background upkeep of the pools: close what is too old or idle too long, keep
+//! `min_idle` connections warm for active tenants, drop pools that hold nothing.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Pools;
+use crate::backend;
+
+impl Pools {
+    /// One round of upkeep.
+    pub fn maintain(self: &Arc<Self>) {
+        let (idle_timeout, max_lifetime) = (self.settings.idle_timeout, self.settings.max_lifetime);
+        // Per host: how many more idle connections to close for tenants waiting there.
+        let mut owed: HashMap<String, usize> = HashMap::new();
+        for pool in self.pools.iter() {
+            pool.reap(idle_timeout, max_lifetime);
+            // Tenants wait for room on this host: idle connections whose turn is over
+            // are closed, and their places go to the waiters in order.
+            let owed = owed
+                .entry(pool.budget.address.clone())
+                .or_insert_with(|| pool.budget.waiting());
+            while *owed > 0 {
+                let Some(idle) = pool.take_oldest_evictable_idle() else {
+                    break;
+                };
+                super::conn::close_later(idle.conn, idle.budget, None);
+                *owed -= 1;
+            }
+            for _ in 0..pool.warm_deficit(idle_timeout) {
+                // Warming never waits for budget: it only uses what is free.
+                let Some(budget) = pool.budget.try_acquire() else {
+                    break;
+                };
+                let pool = pool.clone();
+                pool.warming.fetch_add(1, Ordering::Relaxed);
+                let pools = self.clone();
+                tokio::spawn(async move {
+                    match backend::connect(
+                        &pool.target,
+                        pools.settings.connect_timeout,
+                        pools.max_message,
+                    )
+                    .await
+                    {
+                        Ok(mut conn) => {
+                            conn.prepared =
+                                backend::PreparedCache::new(pools.settings.max_prepared_statements);
+                            pool.give_back(conn, budget);
+                        }
+                        Err(e) => {
+                            tracing::warn!(tenant = %pool.tenant, error = %e, "cannot warm a server connection")
+                        }
+                    }
+                    pool.warming.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+        }
+        // A pool someone still holds (a client checking out, a lent connection, a warming
+        // task) stays, so a connection never comes back to a pool nobody can reach.
+        self.pools.retain(|_, pool| {
+            Arc::strong_count(pool) > 1 || !pool.is_empty() || pool.warm_deficit(idle_timeout) > 0
+        });
+    }
+}
+
+/// Runs `Pools::maintain` every `every` (at most a host turn) until the runtime stops.
+pub fn run_maintenance(pools: Arc<Pools>, every: Duration) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(every);
+        loop {
+            ticker.tick().await;
+            pools.maintain();
+        }
+    });
+}

@@ -1,0 +1,256 @@
+//! Per-tenant pools of server connections under per-host budgets.
+//!
+//! A tenant's pool bounds how many server connections it holds (`pool_size`, a FIFO
+//! semaphore); a host's budget bounds all tenants on that host together. When a host is
+//! at its budget, the least recently used idle connection of another tenant there is
+//! closed before anyone waits. Pools are made on first use and dropped when empty.
+
+mod budget;
+mod conn;
+mod maintain;
+mod tenant;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+
+pub use conn::PooledConn;
+pub use maintain::run_maintenance;
+
+use budget::HostBudget;
+use tenant::TenantPool;
+
+use crate::backend::{self, BackendError, BackendTarget};
+use crate::config::PoolSettings;
+use crate::registry::{Host, Tenant, TenantName};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error(
+        "tenant \"{tenant}\": no server connection free within {waited:?} (pool_size {pool_size})"
+    )]
+    Timeout {
+        tenant: TenantName,
+        pool_size: usize,
+        waited: Duration,
+    },
+    #[error("tenant \"{tenant}\": host {host} ({address}): {source}")]
+    Backend {
+        tenant: TenantName,
+        host: String,
+        address: String,
+        source: BackendError,
+    },
+}
+
+/// A client's reference to its tenant's pool.
+#[derive(Clone)]
+pub struct PoolHandle(Arc<TenantPool>);
+
+/// One pool per tenant and server role.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PoolKey {
+    tenant: TenantName,
+    user: String,
+}
+
+pub struct Pools {
+    settings: PoolSettings,
+    max_message: usize,
+    pools: DashMap<PoolKey, Arc<TenantPool>>,
+    hosts: DashMap<String, Arc<HostBudget>>,
+}
+
+impl Pools {
+    pub fn new(settings: PoolSettings, max_message: usize) -> Pools {
+        Pools {
+            settings,
+            max_message,
+            pools: DashMap::new(),
+            hosts: DashMap::new(),
+        }
+    }
+
+    /// A server connection for `tenant` as `user`: an idle one that is still alive, or
+    /// a new one within the tenant's pool size and the host's budget.
+    pub async fn checkout(&self, handle: &PoolHandle) -> Result<PooledConn, PoolError> {
+        let pool = &handle.0;
+        let started = Instant::now();
+        let deadline = started + self.settings.checkout_timeout;
+        let timeout = || PoolError::Timeout {
+            tenant: pool.tenant.clone(),
+            pool_size: pool.size,
+            waited: started.elapsed(),
+        };
+        let slot = tokio::time::timeout_at(deadline.into(), pool.slots.clone().acquire_owned())
+            .await
+            .map_err(|_| timeout())?
+            .expect("pool semaphores are never closed");
+
+        // Our own idle connection, else a new one within the host's budget, else an
+        // idle connection of another tenant closed to make room, else wait for a change.
+        let mut waiting = None;
+        let budget = loop {
+            let returned = pool.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            while let Some(idle) = pool.take_idle() {
+                if conn::is_alive(&idle.conn) {
+                    return Ok(PooledConn::new(idle.conn, idle.budget, slot, pool.clone()));
+                }
+                tracing::debug!(tenant = %pool.tenant, "dropping a server connection that died while idle");
+            }
+            if let Some(permit) = pool.budget.try_acquire() {
+                break permit;
+            }
+            // Others already queued for room come first; otherwise make room now.
+            let victim = match pool.budget.has_waiters() {
+                true => None,
+                false => self.take_idle_of_another_tenant(pool),
+            };
+            if let Some(victim) = victim {
+                // Its permit becomes ours once its session has really ended.
+                Box::pin(victim.conn.close(None)).await;
+                break victim.budget;
+            }
+            // Host full and nothing idle to close: queue (once, keeping our place) for
+            // the next connection that closes on this host.
+            if waiting.is_none() {
+                waiting = Some(pool.budget.wait());
+                if let Some(permit) = pool.budget.try_acquire() {
+                    break permit;
+                }
+            }
+            let queued = waiting.as_mut().expect("queued above");
+            // Connections whose turn is over come to the queue when they are given
+            // back, or from the upkeep task when they sit idle (`Pools::hand_over_idle`).
+            tokio::select! {
+                handed = queued => match handed {
+                    Ok(permit) => break permit,
+                    Err(_) => waiting = None,
+                },
+                // One of our own connections came back.
+                _ = returned => {}
+                _ = tokio::time::sleep_until(deadline.into()) => return Err(timeout()),
+            }
+        };
+        // Boxed: opening is rare, and inline it would enlarge every client's state.
+        let mut conn = Box::pin(backend::connect(
+            &pool.target,
+            self.settings.connect_timeout,
+            self.max_message,
+        ))
+        .await
+        .map_err(|source| PoolError::Backend {
+            tenant: pool.tenant.clone(),
+            host: pool.host.to_string(),
+            address: pool.target.address.clone(),
+            source,
+        })?;
+        conn.prepared = backend::PreparedCache::new(self.settings.max_prepared_statements);
+        tracing::debug!(tenant = %pool.tenant, address = %pool.target.address, "opened server connection");
+        Ok(PooledConn::new(conn, budget, slot, pool.clone()))
+    }
+
+    /// The pool serving `tenant` on `host` for a client named `client_user`; made on
+    /// first use, replaced when the registry changed what it connects to. Clients keep
+    /// the handle while the registry snapshot they resolved against is current.
+    pub fn pool(&self, tenant: &Tenant, host: &Host, client_user: &str) -> PoolHandle {
+        PoolHandle(self.pool_for(tenant, host, client_user))
+    }
+
+    fn pool_for(&self, tenant: &Tenant, host: &Host, client_user: &str) -> Arc<TenantPool> {
+        let target = BackendTarget {
+            address: host.address.clone(),
+            database: tenant.database.clone(),
+            user: tenant
+                .backend_user
+                .clone()
+                .unwrap_or_else(|| client_user.to_string()),
+            password: tenant.backend_password.clone(),
+            search_path: tenant.search_path.clone(),
+        };
+        let key = PoolKey {
+            tenant: tenant.name.clone(),
+            user: target.user.clone(),
+        };
+        let size = tenant.pool_size.unwrap_or(self.settings.pool_size);
+        let min_idle = tenant.min_idle.unwrap_or(self.settings.min_idle).min(size);
+        let same = |pool: &TenantPool| {
+            pool.target == target && pool.size == size && pool.min_idle == min_idle
+        };
+        if let Some(pool) = self.pools.get(&key) {
+            if same(&pool) {
+                return pool.clone();
+            }
+        }
+        let budget = self.budget_for(host);
+        let new_pool = || {
+            TenantPool::new(
+                tenant.name.clone(),
+                host.name.clone(),
+                target.clone(),
+                size,
+                min_idle,
+                budget.clone(),
+            )
+        };
+        let mut entry = self.pools.entry(key).or_insert_with(new_pool);
+        if !same(&entry) {
+            // The registry moved or changed this tenant: new connections go to the new
+            // target; the old pool's connections close as they come back.
+            tracing::info!(tenant = %tenant.name, address = %target.address, "tenant target changed; new pool");
+            entry.retire();
+            *entry = new_pool();
+        }
+        entry.clone()
+    }
+
+    fn budget_for(&self, host: &Host) -> Arc<HostBudget> {
+        if let Some(budget) = self.hosts.get(&host.address) {
+            return budget.clone();
+        }
+        self.hosts
+            .entry(host.address.clone())
+            .or_insert_with(|| {
+                HostBudget::new(
+                    host.address.clone(),
+                    host.max_connections,
+                    self.settings.host_turn,
+                )
+            })
+            .clone()
+    }
+
+    /// Takes the least recently used idle connection of another pool on the same
+    /// host whose turn is over, whose share of the budget the caller will use once it
+    /// is closed.
+    fn take_idle_of_another_tenant(&self, asking: &Arc<TenantPool>) -> Option<tenant::Idle> {
+        let mut oldest: Option<(Instant, Arc<TenantPool>)> = None;
+        for pool in self.pools.iter() {
+            let pool = pool.value();
+            if Arc::ptr_eq(pool, asking) || pool.budget.address != asking.budget.address {
+                continue;
+            }
+            if let Some(since) = pool.oldest_evictable_idle() {
+                if oldest.as_ref().is_none_or(|(t, _)| since < *t) {
+                    oldest = Some((since, pool.clone()));
+                }
+            }
+        }
+        let (_, victim) = oldest?;
+        let idle = victim.take_oldest_evictable_idle()?;
+        tracing::debug!(victim = %victim.tenant, for_tenant = %asking.tenant, "host at budget; closing an idle connection of another tenant");
+        Some(idle)
+    }
+
+    /// Server connections open towards `address`, idle and in use.
+    pub fn open_connections(&self, address: &str) -> usize {
+        self.hosts.get(address).map(|b| b.in_use()).unwrap_or(0)
+    }
+
+    pub fn pool_count(&self) -> usize {
+        self.pools.len()
+    }
+}

@@ -1,0 +1,96 @@
+//! Query cancellation. A client holds the proxy's own cancel key; while it has a
+//! server, the key maps to that server's address and key, and a CancelRequest is
+//! forwarded there. A request that matches nothing is dropped, as PostgreSQL does.
+
+use std::sync::{Arc, Mutex};
+
+use dashmap::DashMap;
+
+use crate::protocol::startup::CancelKey;
+
+/// Where a client's query runs now, if anywhere.
+type Target = Arc<Mutex<Option<(String, CancelKey)>>>;
+
+struct Entry {
+    secret: i32,
+    target: Target,
+}
+
+#[derive(Default)]
+pub struct Cancels {
+    by_pid: DashMap<i32, Entry>,
+}
+
+/// A client's registration; dropping it unregisters the key.
+pub struct CancelHandle {
+    key: CancelKey,
+    target: Target,
+    cancels: Arc<Cancels>,
+}
+
+impl Cancels {
+    /// A fresh key for a client, unique among the clients of this proxy.
+    pub fn register(self: &Arc<Self>) -> CancelHandle {
+        let target = Target::default();
+        loop {
+            let key = CancelKey {
+                pid: rand::random::<i32>() & i32::MAX,
+                secret: rand::random(),
+            };
+            if let dashmap::Entry::Vacant(slot) = self.by_pid.entry(key.pid) {
+                slot.insert(Entry {
+                    secret: key.secret,
+                    target: target.clone(),
+                });
+                return CancelHandle {
+                    key,
+                    target,
+                    cancels: self.clone(),
+                };
+            }
+        }
+    }
+
+    /// Forwards a client's CancelRequest to the server running its query.
+    pub async fn cancel(&self, key: CancelKey) {
+        let target = match self.by_pid.get(&key.pid) {
+            Some(entry) if entry.secret == key.secret => entry.target.lock().unwrap().clone(),
+            _ => {
+                tracing::debug!(pid = key.pid, "cancel request matches no client");
+                return;
+            }
+        };
+        let Some((address, server_key)) = target else {
+            tracing::debug!("cancel request for a client with no query running");
+            return;
+        };
+        if let Err(e) = crate::backend::send_cancel(&address, server_key).await {
+            tracing::warn!(%address, error = %e, "cannot forward cancel request");
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_pid.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_pid.is_empty()
+    }
+}
+
+impl CancelHandle {
+    pub fn key(&self) -> CancelKey {
+        self.key
+    }
+
+    /// Records the server the client's queries now go to (`None` when detached).
+    pub fn set_server(&self, server: Option<(String, CancelKey)>) {
+        *self.target.lock().unwrap() = server;
+    }
+}
+
+impl Drop for CancelHandle {
+    fn drop(&mut self) {
+        self.cancels.by_pid.remove(&self.key.pid);
+    }
+}

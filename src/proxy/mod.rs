@@ -1,0 +1,17 @@
+//! The client side: accepting connections and serving each one (handshake, tenant
+//! resolution, relay).
+
+pub mod cancel;
+mod client;
+mod features;
+mod handshake;
+mod listener;
+mod outbox;
+mod params;
+mod refusal;
+mod relay;
+mod resolve;
+pub mod txn;
+
+pub use listener::accept_loop;
+pub use resolve::{resolve, ResolveError, Resolved};

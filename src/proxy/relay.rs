@@ -1,0 +1,617 @@
+//! The relay: client frames to the server and server frames to the client.
+//!
+//! Frames are split by their 5-byte header and forwarded as shared `Bytes`; only the
+//! few tags that change the proxy's state are looked into. Reading from one side stops
+//! while the other side has more than `relay_buffer` bytes queued (backpressure). In
+//! transaction mode a server is attached at the first message of a transaction and
+//! given back at ReadyForQuery 'I' once nothing the client sent is still unanswered.
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+use super::cancel::CancelHandle;
+use super::features::{
+    drops_statements, session_feature, setting_change, SessionFeature, SettingChange,
+};
+use super::outbox::Outbox;
+use super::params::set_setting;
+use super::refusal::Refusal;
+use super::resolve::{ResolveError, Resolved};
+use super::txn::{Txn, Verdict};
+use crate::app::App;
+use crate::backend::{BackendError, ServerConn, CLIENT_PARAMETERS};
+use crate::config::PoolMode;
+use crate::pool::{PoolError, PoolHandle, PooledConn};
+use crate::protocol::frame::{frame_len, read_cstr, HEADER_LEN};
+use crate::protocol::messages::parse_parameter_status;
+use crate::protocol::{sqlstate, FrameError};
+use crate::registry::Snapshot;
+
+/// Room kept free in a read buffer before each read.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Why a session ended.
+#[derive(Debug)]
+pub enum End {
+    /// The client said Terminate.
+    ClientLeft,
+    /// The client's socket closed or failed.
+    ClientGone,
+    ServerGone,
+    ClientProtocol(FrameError),
+    ServerProtocol(FrameError),
+    Pool(Box<PoolError>),
+    Backend(BackendError),
+    /// The tenant left the registry (or its host did) during the session.
+    Resolve(ResolveError),
+    /// The proxy is stopping and the client was between transactions.
+    Shutdown,
+}
+
+impl End {
+    /// What the client is told, when it is still there to hear it.
+    pub fn refusal(&self) -> Option<Refusal> {
+        match self {
+            End::ClientLeft | End::ClientGone => None,
+            End::ServerGone => Some(Refusal::new(
+                sqlstate::CONNECTION_FAILURE,
+                "the server connection closed unexpectedly",
+            )),
+            End::ServerProtocol(e) => Some(Refusal::new(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!("invalid message from server: {e}"),
+            )),
+            End::ClientProtocol(e) => Some(e.into()),
+            End::Pool(e) => Some(e.as_ref().into()),
+            End::Backend(e) => Some(e.into()),
+            End::Resolve(e) => Some(e.into()),
+            End::Shutdown => Some(Refusal::new(
+                sqlstate::ADMIN_SHUTDOWN,
+                "terminating connection: pgtenant is shutting down",
+            )),
+        }
+    }
+}
+
+pub struct Session<'a> {
+    pub app: &'a App,
+    pub client: TcpStream,
+    pub client_in: BytesMut,
+    pub to_client: Outbox,
+    pub server: Option<PooledConn>,
+    pub to_server: Outbox,
+    pub mode: PoolMode,
+    pub resolved: Resolved,
+    /// The pool the client draws from and the registry snapshot it was chosen under.
+    pool: Option<(Arc<Snapshot>, PoolHandle)>,
+    /// Settings that follow this client from server to server.
+    pub settings: Vec<(String, String)>,
+    /// Requests in flight, in order, and (transaction mode) statement names.
+    txn: Txn,
+    /// Set once the client used a feature that needs its own server.
+    pinned: Option<SessionFeature>,
+    /// The client's cancel key, pointed at the attached server.
+    cancel: CancelHandle,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The proxy is stopping: end at the next moment nothing is in flight.
+    closing: bool,
+}
+
+enum Event {
+    ClientReadable,
+    ServerReadable,
+    Writable,
+    Shutdown,
+}
+
+impl<'a> Session<'a> {
+    pub fn new(
+        app: &'a App,
+        client: TcpStream,
+        server: PooledConn,
+        mode: PoolMode,
+        resolved: Resolved,
+        settings: Vec<(String, String)>,
+        cancel: CancelHandle,
+    ) -> Session<'a> {
+        cancel.set_server(Some(server.cancel_target()));
+        Session {
+            app,
+            client,
+            client_in: BytesMut::new(),
+            to_client: Outbox::default(),
+            server: Some(server),
+            to_server: Outbox::default(),
+            mode,
+            resolved,
+            pool: None,
+            settings,
+            txn: Txn::default(),
+            pinned: None,
+            cancel,
+            shutdown: app.shutdown.subscribe(),
+            closing: *app.shutdown.borrow(),
+        }
+    }
+
+    /// Relays until either side ends, then tells the client why (if it should hear
+    /// it) and gives the server back clean or closes it.
+    pub async fn run(mut self: Box<Self>) -> End {
+        let end = match self.relay().await {
+            Ok(()) => End::ClientGone,
+            Err(end) => end,
+        };
+        if let Some(refusal) = end.refusal() {
+            self.to_client.push(refusal.fatal());
+            let _ = self.drain_to_client().await;
+        }
+        self.give_back_server().await;
+        end
+    }
+
+    async fn relay(&mut self) -> Result<(), End> {
+        let bound = self.app.settings.proxy.relay_buffer;
+        loop {
+            // Forward until nothing whole is left that may move: frames held back while
+            // a queue was full are already read, so no readiness event brings them back.
+            loop {
+                self.forward_client_frames().await?;
+                self.flush()?;
+                if self.to_client.len() < bound && self.server_has_frame() {
+                    self.forward_server_frames()?;
+                    self.flush()?;
+                }
+                let client_can_move =
+                    self.to_server.len() < bound && has_frame(&self.client_in, self.max_message());
+                let server_can_move = self.to_client.len() < bound && self.server_has_frame();
+                if !client_can_move && !server_can_move {
+                    break;
+                }
+            }
+            if self.closing && self.at_rest() {
+                return Err(End::Shutdown);
+            }
+            if self.server.is_none() && self.client_in.is_empty() && self.to_client.is_empty() {
+                // Between transactions a client holds no buffer: idle clients cost
+                // only their socket and this task.
+                self.client_in = BytesMut::new();
+            }
+            let read_client = self.to_server.len() < bound;
+            let read_server = self.server.is_some() && self.to_client.len() < bound;
+            let server = self.server.as_ref().map(|s| &s.get().stream);
+            let event = tokio::select! {
+                r = self.client.readable(), if read_client => r.map(|_| Event::ClientReadable),
+                r = readable(server), if read_server => r.map(|_| Event::ServerReadable),
+                r = self.client.writable(), if !self.to_client.is_empty() => r.map(|_| Event::Writable),
+                r = writable(server), if !self.to_server.is_empty() => r.map(|_| Event::Writable),
+                _ = self.shutdown.changed(), if !self.closing => Ok(Event::Shutdown),
+                else => return Err(End::ServerGone),
+            };
+            match event {
+                Ok(Event::ClientReadable) => {
+                    let max = self.max_message();
+                    if !read_some(&self.client, &mut self.client_in, max)
+                        .map_err(|_| End::ClientGone)?
+                    {
+                        return Err(End::ClientGone);
+                    }
+                }
+                Ok(Event::ServerReadable) => {
+                    let max = self.max_message();
+                    let conn = self
+                        .server
+                        .as_mut()
+                        .expect("read only when attached")
+                        .conn();
+                    if !read_some(&conn.stream, &mut conn.buf, max).map_err(|_| End::ServerGone)? {
+                        return Err(End::ServerGone);
+                    }
+                    self.forward_server_frames()?;
+                }
+                Ok(Event::Writable) => {}
+                Ok(Event::Shutdown) => self.closing = true,
+                Err(_) => return Err(End::ClientGone),
+            }
+        }
+    }
+
+    /// Nothing in flight in either direction and no transaction open.
+    fn at_rest(&mut self) -> bool {
+        let server_at_rest = match self.server.as_mut() {
+            None => true,
+            Some(server) => {
+                let conn = server.conn();
+                self.txn.is_idle() && conn.status == b'I' && conn.buf.is_empty()
+            }
+        };
+        server_at_rest && self.client_in.is_empty() && self.to_server.is_empty()
+    }
+
+    fn server_has_frame(&self) -> bool {
+        let max = self.max_message();
+        self.server
+            .as_ref()
+            .is_some_and(|s| has_frame(&s.get().buf, max))
+    }
+
+    fn max_message(&self) -> usize {
+        self.app.settings.proxy.max_message_size
+    }
+
+    fn flush(&mut self) -> Result<(), End> {
+        if let Some(server) = self.server.as_ref() {
+            self.to_server
+                .flush_now(&server.get().stream)
+                .map_err(|_| End::ServerGone)?;
+        }
+        self.to_client
+            .flush_now(&self.client)
+            .map_err(|_| End::ClientGone)
+    }
+
+    /// Moves every whole client frame towards the server, attaching one first in
+    /// transaction mode.
+    async fn forward_client_frames(&mut self) -> Result<(), End> {
+        let bound = self.app.settings.proxy.relay_buffer;
+        let max = self.max_message();
+        let transaction_mode = self.mode == PoolMode::Transaction;
+        let mut ready = 0;
+        loop {
+            let rest = &self.client_in[ready..];
+            let len = match frame_len(rest, max).map_err(End::ClientProtocol)? {
+                Some(len) if rest.len() >= len => len,
+                _ => break,
+            };
+            let tag = rest[0];
+            if tag == b'X' {
+                return Err(End::ClientLeft);
+            }
+            if self.server.is_none() {
+                // Between transactions a named Parse and a bare Sync are answered
+                // without a server, so preparing never waits for a pool slot.
+                let body = &self.client_in[HEADER_LEN..len];
+                if self.pinned.is_none()
+                    && session_feature(parsed_sql(tag, body)).is_none()
+                    && self.txn.answer_detached(tag, body, &self.app.statements)
+                {
+                    self.client_in.advance(len);
+                    continue;
+                }
+                self.attach().await?;
+            }
+            if transaction_mode {
+                let body = &self.client_in[ready + HEADER_LEN..ready + len];
+                let conn = self.server.as_mut().expect("attached above").conn();
+                if matches!(tag, b'Q' | b'P') {
+                    let sql = parsed_sql(tag, body);
+                    if self.pinned.is_none() {
+                        if let Some(feature) = session_feature(sql) {
+                            tracing::info!(feature = feature.name(), "client pinned to its server connection: the feature needs a session");
+                            self.pinned = Some(feature);
+                        }
+                    }
+                    if tag == b'Q' && drops_statements(sql) {
+                        // The server dropped its statements (DISCARD ALL, DEALLOCATE).
+                        conn.prepared.clear();
+                    }
+                }
+                if Txn::needs_rewrite(tag, body) {
+                    let mut out = Vec::new();
+                    self.txn.rewrite(
+                        tag,
+                        body,
+                        &mut conn.prepared,
+                        &self.app.statements,
+                        &mut out,
+                    );
+                    if ready > 0 {
+                        self.to_server.push(self.client_in.split_to(ready).freeze());
+                        ready = 0;
+                    }
+                    self.client_in.advance(len);
+                    for bytes in out {
+                        self.to_server.push(bytes);
+                    }
+                    continue;
+                }
+            }
+            if tag == b'Q' {
+                let setting = match transaction_mode {
+                    true => setting_change(parsed_sql(
+                        tag,
+                        &self.client_in[ready + HEADER_LEN..ready + len],
+                    )),
+                    false => None,
+                };
+                self.txn.sent_query(setting);
+            } else {
+                self.txn.sent(tag);
+            }
+            ready += len;
+            if self.to_server.len() + ready >= bound {
+                break;
+            }
+        }
+        if ready > 0 {
+            self.to_server.push(self.client_in.split_to(ready).freeze());
+        }
+        self.push_answers();
+        Ok(())
+    }
+
+    /// Answers the proxy gives itself (ParseComplete, CloseComplete) once their turn
+    /// has come.
+    fn push_answers(&mut self) {
+        let mut answers = Vec::new();
+        self.txn.take_answers(&mut answers);
+        for bytes in answers {
+            self.to_client.push(bytes);
+        }
+    }
+
+    /// Moves every whole server frame towards the client, noting ReadyForQuery and
+    /// ParameterStatus; in transaction mode gives the server back when it is idle.
+    fn forward_server_frames(&mut self) -> Result<(), End> {
+        let bound = self.app.settings.proxy.relay_buffer;
+        let max = self.max_message();
+        let release_when_idle = self.mode == PoolMode::Transaction && self.pinned.is_none();
+        let Some(server) = self.server.as_mut() else {
+            return Ok(());
+        };
+        let conn = server.conn();
+        let mut ready = 0;
+        let mut idle = false;
+        loop {
+            let rest = &conn.buf[ready..];
+            let len = match frame_len(rest, max).map_err(End::ServerProtocol)? {
+                Some(len) if rest.len() >= len => len,
+                _ => break,
+            };
+            let tag = rest[0];
+            match tag {
+                b'Z' => conn.status = rest.get(HEADER_LEN).copied().unwrap_or(b'I'),
+                b'S' => {
+                    if let Some((name, value)) = parse_parameter_status(&rest[HEADER_LEN..len]) {
+                        if CLIENT_PARAMETERS.contains(&name) {
+                            set_setting(&mut self.settings, name, value);
+                        }
+                        let (name, value) = (name.to_string(), value.to_string());
+                        conn.note_parameter(&name, &value);
+                    }
+                }
+                _ => {}
+            }
+            let mut answers = Vec::new();
+            self.txn.take_answers(&mut answers);
+            let verdict = self.txn.received(tag, &mut conn.prepared);
+            if let Some(change) = self.txn.take_followed() {
+                // Outside a transaction block the change holds for the rest of the
+                // session: it follows the client.
+                if conn.status == b'I' {
+                    follow_setting(&mut self.settings, conn, change);
+                }
+            }
+            if !answers.is_empty() || verdict == Verdict::Swallow {
+                if ready > 0 {
+                    self.to_client.push(conn.buf.split_to(ready).freeze());
+                    ready = 0;
+                }
+                for bytes in answers {
+                    self.to_client.push(bytes);
+                }
+            }
+            if verdict == Verdict::Swallow {
+                conn.buf.advance(len);
+                continue;
+            }
+            ready += len;
+            if tag == b'Z' && release_when_idle && self.txn.is_idle() && conn.status == b'I' {
+                idle = true;
+                break;
+            }
+            if self.to_client.len() + ready >= bound {
+                break;
+            }
+        }
+        if ready > 0 {
+            self.to_client.push(conn.buf.split_to(ready).freeze());
+        }
+        self.push_answers();
+        // Anything after the last ReadyForQuery (an async notice) keeps it attached.
+        let conn = self.server.as_mut().expect("attached").conn();
+        if idle && conn.buf.is_empty() && self.to_server.is_empty() {
+            self.detach();
+        }
+        Ok(())
+    }
+
+    /// Transaction mode: a server for the next transaction, carrying this client's
+    /// settings.
+    async fn attach(&mut self) -> Result<(), End> {
+        let pool = self.current_pool()?;
+        let mut server = self
+            .app
+            .pools
+            .checkout(&pool)
+            .await
+            .map_err(|e| End::Pool(Box::new(e)))?;
+        server
+            .conn()
+            .sync_params(&self.settings)
+            .await
+            .map_err(End::Backend)?;
+        self.cancel.set_server(Some(server.cancel_target()));
+        self.server = Some(server);
+        Ok(())
+    }
+
+    /// Transaction mode: gives the idle server back to the pool.
+    pub fn detach(&mut self) {
+        self.cancel.set_server(None);
+        if let Some(server) = self.server.take() {
+            server.give_back_idle();
+        }
+    }
+
+    pub fn remember_pool(&mut self, snapshot: Arc<Snapshot>, pool: PoolHandle) {
+        self.pool = Some((snapshot, pool));
+    }
+
+    /// The client's pool under the current registry: the one it has while the
+    /// registry is unchanged, else the tenant looked up again (it may have moved).
+    fn current_pool(&mut self) -> Result<PoolHandle, End> {
+        let snapshot = self.app.registry.snapshot();
+        if let Some((seen, pool)) = &self.pool {
+            if Arc::ptr_eq(seen, &snapshot) {
+                return Ok(pool.clone());
+            }
+        }
+        let r = &self.resolved;
+        let tenant = snapshot
+            .tenant(r.tenant.name.as_str())
+            .ok_or_else(|| End::Resolve(ResolveError::UnknownTenant(r.tenant.name.to_string())))?;
+        let host = snapshot.host(&tenant.host).ok_or_else(|| {
+            End::Resolve(ResolveError::UnknownHost {
+                tenant: tenant.name.to_string(),
+                host: tenant.host.to_string(),
+            })
+        })?;
+        let pool = self.app.pools.pool(&tenant, &host, &r.user);
+        self.resolved = Resolved {
+            tenant,
+            host,
+            user: r.user.clone(),
+        };
+        self.pool = Some((snapshot, pool.clone()));
+        Ok(pool)
+    }
+
+    async fn drain_to_client(&mut self) -> io::Result<()> {
+        while !self.to_client.is_empty() {
+            self.client.writable().await?;
+            self.to_client.flush_now(&self.client)?;
+        }
+        Ok(())
+    }
+
+    /// After the client is gone: a server with nothing in flight goes back to the
+    /// pool (reset first); one in the middle of something is closed.
+    async fn give_back_server(&mut self) {
+        self.cancel.set_server(None);
+        let Some(mut server) = self.server.take() else {
+            return;
+        };
+        let quiet = self.txn.is_idle() && self.to_server.is_empty() && server.conn().buf.is_empty();
+        if !quiet {
+            tracing::debug!(
+                "client left in the middle of a request; closing its server connection"
+            );
+            return;
+        }
+        let reset = match (self.mode, self.pinned) {
+            (PoolMode::Transaction, None) => "",
+            _ => self.app.settings.pool.reset_query.as_str(),
+        };
+        server.release(reset).await;
+    }
+}
+
+/// Whether `buf` starts with a whole frame (or one too long, which the frame loop
+/// turns into an error).
+fn has_frame(buf: &[u8], max: usize) -> bool {
+    match frame_len(buf, max) {
+        Ok(Some(len)) => buf.len() >= len,
+        Ok(None) => false,
+        Err(_) => true,
+    }
+}
+
+/// The SQL text of a Query or Parse body (empty for other messages).
+fn parsed_sql(tag: u8, body: &[u8]) -> &[u8] {
+    match tag {
+        b'Q' => read_cstr(body).map(|(sql, _)| sql).unwrap_or(body),
+        b'P' => read_cstr(body)
+            .and_then(|(_, rest)| read_cstr(rest))
+            .map(|(sql, _)| sql)
+            .unwrap_or_default(),
+        _ => &[],
+    }
+}
+
+/// Applies a client's SET/RESET to the settings that follow it, and notes it on the
+/// server it ran on. Reported settings are followed through ParameterStatus instead.
+fn follow_setting(
+    settings: &mut Vec<(String, String)>,
+    conn: &mut ServerConn,
+    change: SettingChange,
+) {
+    let reported = |name: &str| {
+        CLIENT_PARAMETERS
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(name))
+    };
+    match change {
+        SettingChange::Set(name, value) if !reported(&name) => {
+            let name = name.to_ascii_lowercase();
+            conn.note_setting(&name, Some(&value));
+            set_setting(settings, &name, &value);
+        }
+        SettingChange::Reset(name) if !reported(&name) => {
+            let name = name.to_ascii_lowercase();
+            conn.note_setting(&name, None);
+            settings.retain(|(n, _)| n != &name);
+        }
+        SettingChange::ResetAll => {
+            conn.forget_settings();
+            settings.retain(|(n, _)| reported(n));
+        }
+        _ => {}
+    }
+}
+
+/// One non-blocking read into `buf`; `false` at end of stream. Keeps room for the
+/// rest of a large frame, bounded so a claimed length does not allocate by itself.
+///
+/// A read that did not fill the room drained the socket, so its readiness is cleared
+/// here: otherwise the next wait would return at once and cost a read that finds
+/// nothing (one system call per message). The clearing is tied to the readiness seen
+/// before the read, so data arriving after it is never missed.
+fn read_some(stream: &TcpStream, buf: &mut BytesMut, max: usize) -> io::Result<bool> {
+    let want = crate::protocol::frame::missing_bytes(buf, max).clamp(READ_CHUNK, 1 << 20);
+    buf.reserve(want);
+    let room = buf.capacity() - buf.len();
+    let mut read = None;
+    let result = stream.try_io(Interest::READABLE, || {
+        let n = stream.try_read_buf(buf)?;
+        read = Some(n);
+        if n > 0 && n < room {
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(())
+        }
+    });
+    match (read, result) {
+        (Some(n), _) => Ok(n > 0),
+        (None, Err(e)) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
+        (None, Err(e)) => Err(e),
+        (None, Ok(())) => Ok(true),
+    }
+}
+
+async fn readable(stream: Option<&TcpStream>) -> io::Result<()> {
+    match stream {
+        Some(s) => s.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn writable(stream: Option<&TcpStream>) -> io::Result<()> {
+    match stream {
+        Some(s) => s.writable().await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,794 @@
+//! Transaction-mode bookkeeping. A client's named prepared statements live on whichever
+//! server it had when it prepared them; the next transaction may run elsewhere. So
+//! statements get server-side names keyed by their text and parameter types, a server
+//! that lacks one gets the Parse re-issued, and the proxy answers Close itself.
+//!
+//! To answer some requests itself and swallow the answers to requests it added, the
+//! proxy keeps the queue of requests in flight, in order, and matches each server
+//! message against its head.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use dashmap::DashMap;
+
+use super::features::SettingChange;
+use crate::backend::PreparedCache;
+use crate::protocol::frame::read_cstr;
+use crate::protocol::messages;
+
+/// A statement as the servers know it: a proxy-chosen name and the Parse that makes it.
+#[derive(Debug)]
+pub struct Statement {
+    pub name: Arc<str>,
+    pub parse: Bytes,
+}
+
+/// Every distinct statement (text and parameter types) seen by this proxy, named once.
+/// Names are sequence numbers, so two different statements never share one.
+#[derive(Default)]
+pub struct Statements {
+    by_text: DashMap<Bytes, Arc<Statement>>,
+    next: AtomicU64,
+}
+
+impl Statements {
+    /// The statement for a Parse body without its name (`query\0 nparams types…`).
+    pub fn intern(&self, text_and_types: &[u8]) -> Arc<Statement> {
+        if let Some(statement) = self.by_text.get(text_and_types) {
+            return statement.clone();
+        }
+        self.by_text
+            .entry(Bytes::copy_from_slice(text_and_types))
+            .or_insert_with(|| {
+                let name: Arc<str> =
+                    format!("pgtenant_{}", self.next.fetch_add(1, Ordering::Relaxed)).into();
+                let parse = frame(b'P', |b| {
+                    b.put_slice(name.as_bytes());
+                    b.put_u8(0);
+                    b.put_slice(text_and_types);
+                });
+                Arc::new(Statement { name, parse })
+            })
+            .clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_text.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_text.is_empty()
+    }
+}
+
+/// A request in flight and what to do with its answer.
+#[derive(Debug)]
+enum Expect {
+    /// `swallow`: the proxy added this Parse; its ParseComplete is not the client's.
+    Parse {
+        swallow: bool,
+        statement: Option<Arc<Statement>>,
+        undo: Undo,
+    },
+    Bind,
+    Describe,
+    Execute,
+    /// `evicted`: the proxy closed a statement to make room; nobody is answered.
+    Close {
+        evicted: Option<Arc<str>>,
+    },
+    Sync,
+    /// A simple query; a session-level SET/RESET in it follows the client if the
+    /// query succeeds (`failed` notes an ErrorResponse).
+    Query {
+        setting: Option<SettingChange>,
+        failed: bool,
+    },
+    Function,
+    /// An answer the proxy gives itself once everything before it is answered.
+    Answer(Bytes, Undo),
+    /// The client ended a COPY (CopyDone/CopyFail) before the server started it.
+    CopyEnd,
+}
+
+/// What to take back on the client's side when the server skips a request (an
+/// earlier one in the pipeline failed): a Parse that was never made, a Close that
+/// never happened.
+#[derive(Debug)]
+enum Undo {
+    Nothing,
+    Forget(Box<[u8]>),
+    Restore(Box<[u8]>, Arc<Statement>),
+}
+
+/// Where a COPY FROM STDIN stands. While the server is in copy-in mode it ignores
+/// Sync and Flush, so those get no answer and must not be waited for.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum CopyIn {
+    #[default]
+    None,
+    /// The server sent CopyInResponse; the client is still sending data.
+    ServerIn,
+    /// The client sent CopyDone or CopyFail; the server will answer and end it.
+    ClientDone,
+}
+
+/// What the relay does with one server message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Forward,
+    Swallow,
+}
+
+/// One client's transaction-mode state.
+#[derive(Default)]
+pub struct Txn {
+    queue: VecDeque<Expect>,
+    /// A SET/RESET whose query just succeeded, for the relay to take.
+    followed: Option<SettingChange>,
+    copy: CopyIn,
+    /// Client statement name → server statement.
+    statements: HashMap<Box<[u8]>, Arc<Statement>>,
+}
+
+fn frame(tag: u8, body: impl FnOnce(&mut BytesMut)) -> Bytes {
+    messages::build(|buf| messages::message(buf, tag, body))
+}
+
+fn answer(tag: u8) -> Bytes {
+    frame(tag, |_| {})
+}
+
+impl Txn {
+    /// Nothing is in flight: the server may go back to the pool.
+    pub fn is_idle(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Notes a simple query carrying a session-level SET/RESET (transaction mode).
+    pub fn sent_query(&mut self, setting: Option<SettingChange>) {
+        self.queue.push_back(Expect::Query {
+            setting,
+            failed: false,
+        });
+    }
+
+    /// The SET/RESET of the query ReadyForQuery just answered, if it succeeded.
+    pub fn take_followed(&mut self) -> Option<SettingChange> {
+        self.followed.take()
+    }
+
+    /// Notes a client message forwarded unchanged.
+    pub fn sent(&mut self, tag: u8) {
+        match (tag, self.copy) {
+            // Ignored by a server in copy-in mode: no answer will come.
+            (b'S' | b'H', CopyIn::ServerIn) => return,
+            (b'c' | b'f', CopyIn::ServerIn) => {
+                self.copy = CopyIn::ClientDone;
+                return;
+            }
+            (b'c' | b'f', _) => {
+                self.queue.push_back(Expect::CopyEnd);
+                return;
+            }
+            _ => {}
+        }
+        let expect = match tag {
+            b'E' => Expect::Execute,
+            b'S' => Expect::Sync,
+            b'Q' => Expect::Query {
+                setting: None,
+                failed: false,
+            },
+            b'F' => Expect::Function,
+            b'P' => Expect::Parse {
+                swallow: false,
+                statement: None,
+                undo: Undo::Nothing,
+            },
+            b'B' => Expect::Bind,
+            b'D' => Expect::Describe,
+            b'C' => Expect::Close { evicted: None },
+            // Flush, COPY data: no answer of their own.
+            _ => return,
+        };
+        self.queue.push_back(expect);
+    }
+
+    /// Answers a message that needs no server while none is attached: a named Parse
+    /// is recorded (made on a server at its first Bind or Describe), a Sync with
+    /// nothing in flight gets ReadyForQuery, a Flush has nothing to flush.
+    pub fn answer_detached(&mut self, tag: u8, body: &[u8], statements: &Statements) -> bool {
+        match tag {
+            b'P' if Txn::needs_rewrite(tag, body) => {
+                let Some((name, rest)) = read_cstr(body) else {
+                    return false;
+                };
+                self.statements.insert(name.into(), statements.intern(rest));
+                self.queue
+                    .push_back(Expect::Answer(answer(b'1'), Undo::Forget(name.into())));
+                true
+            }
+            b'S' if self.queue.iter().all(|e| matches!(e, Expect::Answer(..))) => {
+                let ready = frame(b'Z', |b| b.put_u8(b'I'));
+                self.queue.push_back(Expect::Answer(ready, Undo::Nothing));
+                true
+            }
+            b'H' => true,
+            _ => false,
+        }
+    }
+
+    /// Whether a Parse/Bind/Describe/Close needs rewriting (it names a statement).
+    pub fn needs_rewrite(tag: u8, body: &[u8]) -> bool {
+        match tag {
+            b'P' => body.first().is_some_and(|&b| b != 0),
+            b'B' => read_cstr(body).is_some_and(|(_, rest)| rest.first().is_some_and(|&b| b != 0)),
+            b'D' | b'C' => body.first() == Some(&b'S') && body.get(1).is_some_and(|&b| b != 0),
+            _ => false,
+        }
+    }
+
+    /// Rewrites a client message that names a statement; pushes what the server must
+    /// receive into `out`. `body` is the message without its header.
+    pub fn rewrite(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        server: &mut PreparedCache,
+        statements: &Statements,
+        out: &mut Vec<Bytes>,
+    ) {
+        match tag {
+            b'P' => {
+                let Some((name, rest)) = read_cstr(body) else {
+                    return self.pass(tag, body, out);
+                };
+                let statement = statements.intern(rest);
+                self.statements.insert(name.into(), statement.clone());
+                let undo = Undo::Forget(name.into());
+                if server.touch(&statement.name) {
+                    self.queue.push_back(Expect::Answer(answer(b'1'), undo));
+                } else {
+                    self.prepare(server, &statement, Some(undo), out);
+                }
+            }
+            b'B' => {
+                let Some((portal, rest)) = read_cstr(body) else {
+                    return self.pass(tag, body, out);
+                };
+                let Some((name, params)) = read_cstr(rest) else {
+                    return self.pass(tag, body, out);
+                };
+                let Some(statement) = self.statements.get(name).cloned() else {
+                    // Unknown to us: the server answers "does not exist" itself.
+                    return self.pass(tag, body, out);
+                };
+                self.ensure_prepared(server, &statement, out);
+                out.push(frame(b'B', |b| {
+                    b.put_slice(portal);
+                    b.put_u8(0);
+                    b.put_slice(statement.name.as_bytes());
+                    b.put_u8(0);
+                    b.put_slice(params);
+                }));
+                self.queue.push_back(Expect::Bind);
+            }
+            b'D' => {
+                let name = read_cstr(&body[1..]).map(|(n, _)| n).unwrap_or_default();
+                let Some(statement) = self.statements.get(name).cloned() else {
+                    return self.pass(tag, body, out);
+                };
+                self.ensure_prepared(server, &statement, out);
+                out.push(frame(b'D', |b| {
+                    b.put_u8(b'S');
+                    b.put_slice(statement.name.as_bytes());
+                    b.put_u8(0);
+                }));
+                self.queue.push_back(Expect::Describe);
+            }
+            b'C' => {
+                // The server copy stays for other clients; the client's name goes.
+                let name = read_cstr(&body[1..]).map(|(n, _)| n).unwrap_or_default();
+                let undo = match self.statements.remove(name) {
+                    Some(statement) => Undo::Restore(name.into(), statement),
+                    None => Undo::Nothing,
+                };
+                self.queue.push_back(Expect::Answer(answer(b'3'), undo));
+            }
+            _ => self.pass(tag, body, out),
+        }
+    }
+
+    fn pass(&mut self, tag: u8, body: &[u8], out: &mut Vec<Bytes>) {
+        out.push(frame(tag, |b| b.put_slice(body)));
+        self.sent(tag);
+    }
+
+    fn ensure_prepared(
+        &mut self,
+        server: &mut PreparedCache,
+        statement: &Arc<Statement>,
+        out: &mut Vec<Bytes>,
+    ) {
+        if !server.touch(&statement.name) {
+            self.prepare(server, statement, None, out);
+        }
+    }
+
+    /// Sends the statement's Parse, closing the least recently used statement first
+    /// when the server's cache is full. `client`: the client's own Parse (its answer
+    /// is the client's, and a failure forgets the client's name); `None`: one the
+    /// proxy adds, answered to nobody.
+    fn prepare(
+        &mut self,
+        server: &mut PreparedCache,
+        statement: &Arc<Statement>,
+        client: Option<Undo>,
+        out: &mut Vec<Bytes>,
+    ) {
+        for evicted in server.insert(&statement.name) {
+            out.push(frame(b'C', |b| {
+                b.put_u8(b'S');
+                b.put_slice(evicted.as_bytes());
+                b.put_u8(0);
+            }));
+            self.queue.push_back(Expect::Close {
+                evicted: Some(evicted),
+            });
+        }
+        out.push(statement.parse.clone());
+        self.queue.push_back(Expect::Parse {
+            swallow: client.is_none(),
+            statement: Some(statement.clone()),
+            undo: client.unwrap_or(Undo::Nothing),
+        });
+    }
+
+    /// Answers the proxy owes the client now that everything before them is answered.
+    pub fn take_answers(&mut self, out: &mut Vec<Bytes>) {
+        while let Some(Expect::Answer(..)) = self.queue.front() {
+            if let Some(Expect::Answer(bytes, _)) = self.queue.pop_front() {
+                out.push(bytes);
+            }
+        }
+    }
+
+    /// Matches one server message against the queue; says whether the client gets it.
+    pub fn received(&mut self, tag: u8, server: &mut PreparedCache) -> Verdict {
+        let verdict = match (tag, self.queue.front()) {
+            (b'1', Some(Expect::Parse { swallow, .. })) => swallowed(*swallow),
+            (b'3', Some(Expect::Close { evicted })) => swallowed(evicted.is_some()),
+            _ => Verdict::Forward,
+        };
+        match tag {
+            b'1' => self.pop_if(|e| matches!(e, Expect::Parse { .. })),
+            b'2' => self.pop_if(|e| matches!(e, Expect::Bind)),
+            b'3' => self.pop_if(|e| matches!(e, Expect::Close { .. })),
+            b'T' | b'n' => self.pop_if(|e| matches!(e, Expect::Describe)),
+            b'C' | b'I' | b's' => {
+                self.copy = CopyIn::None;
+                self.pop_if(|e| matches!(e, Expect::Execute));
+            }
+            b'E' => {
+                self.copy = CopyIn::None;
+                if let Some(Expect::Query { failed, .. }) = self.queue.front_mut() {
+                    *failed = true;
+                }
+                self.skip_to_sync(server);
+            }
+            b'G' => self.copy_in_started(),
+            b'Z' => {
+                while let Some(expect) = self.queue.pop_front() {
+                    match expect {
+                        Expect::Query {
+                            setting,
+                            failed: false,
+                        } => {
+                            self.followed = setting;
+                            break;
+                        }
+                        Expect::Sync | Expect::Query { .. } | Expect::Function => break,
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+        verdict
+    }
+
+    /// The server entered copy-in mode for the request at the head of the queue.
+    /// Syncs the client sent before ending the COPY were ignored by the server.
+    fn copy_in_started(&mut self) {
+        self.copy = CopyIn::ServerIn;
+        let mut i = 1;
+        while i < self.queue.len() {
+            match self.queue[i] {
+                Expect::Sync => {
+                    self.queue.remove(i);
+                }
+                Expect::CopyEnd => {
+                    self.queue.remove(i);
+                    self.copy = CopyIn::ClientDone;
+                    break;
+                }
+                _ => i += 1,
+            }
+        }
+    }
+
+    fn pop_if(&mut self, matches: impl Fn(&Expect) -> bool) {
+        if self.queue.front().is_some_and(matches) {
+            self.queue.pop_front();
+        }
+    }
+
+    /// After an error in the extended protocol the server skips everything up to the
+    /// next Sync: those requests get no answer, and their statements were not made.
+    fn skip_to_sync(&mut self, server: &mut PreparedCache) {
+        let mut skipped = Vec::new();
+        while let Some(front) = self.queue.front() {
+            if matches!(
+                front,
+                Expect::Sync | Expect::Query { .. } | Expect::Function
+            ) {
+                break;
+            }
+            skipped.extend(self.queue.pop_front());
+        }
+        // Undone newest first, so the cache and the client's names end as they were
+        // before the skipped requests (a statement evicted and re-made in the same
+        // pipeline comes out right).
+        for expect in skipped.into_iter().rev() {
+            let undo = match expect {
+                Expect::Parse {
+                    statement: Some(statement),
+                    undo,
+                    ..
+                } => {
+                    server.remove(&statement.name);
+                    undo
+                }
+                Expect::Close {
+                    evicted: Some(name),
+                } => {
+                    server.restore(&name);
+                    Undo::Nothing
+                }
+                Expect::Answer(_, undo) => undo,
+                _ => Undo::Nothing,
+            };
+            match undo {
+                Undo::Nothing => {}
+                Undo::Forget(name) => {
+                    self.statements.remove(&name);
+                }
+                Undo::Restore(name, statement) => {
+                    self.statements.insert(name, statement);
+                }
+            }
+        }
+    }
+}
+
+fn swallowed(swallow: bool) -> Verdict {
+    if swallow {
+        Verdict::Swallow
+    } else {
+        Verdict::Forward
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(name: &str, sql: &str) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(name.as_bytes());
+        b.push(0);
+        b.extend_from_slice(sql.as_bytes());
+        b.extend_from_slice(&[0, 0, 0]);
+        b
+    }
+
+    fn bind(statement: &str) -> Vec<u8> {
+        let mut b = vec![0];
+        b.extend_from_slice(statement.as_bytes());
+        b.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0]);
+        b
+    }
+
+    fn named(kind: u8, name: &str) -> Vec<u8> {
+        let mut b = vec![kind];
+        b.extend_from_slice(name.as_bytes());
+        b.push(0);
+        b
+    }
+
+    /// Sends one client message the way the relay does; returns what goes to the server.
+    fn send(
+        txn: &mut Txn,
+        cache: &mut PreparedCache,
+        statements: &Statements,
+        tag: u8,
+        body: &[u8],
+    ) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        if Txn::needs_rewrite(tag, body) {
+            txn.rewrite(tag, body, cache, statements, &mut out);
+        } else {
+            txn.sent(tag);
+            out.push(frame(tag, |b| b.put_slice(body)));
+        }
+        out
+    }
+
+    fn answers(txn: &mut Txn) -> Vec<u8> {
+        let mut out = Vec::new();
+        txn.take_answers(&mut out);
+        out.iter().map(|b| b[0]).collect()
+    }
+
+    fn tags(frames: &[Bytes]) -> Vec<u8> {
+        frames.iter().map(|b| b[0]).collect()
+    }
+
+    #[test]
+    fn a_statement_is_made_once_per_server_and_named_by_the_proxy() {
+        let (mut txn, mut cache, statements) = (
+            Txn::default(),
+            PreparedCache::new(10),
+            Statements::default(),
+        );
+        let out = send(
+            &mut txn,
+            &mut cache,
+            &statements,
+            b'P',
+            &parse("s1", "SELECT 1"),
+        );
+        assert_eq!(tags(&out), b"P");
+        assert!(out[0][5..].starts_with(b"pgtenant_0\0"));
+        assert_eq!(txn.received(b'1', &mut cache), Verdict::Forward);
+
+        // The same text under another client name: answered without the server.
+        let out = send(
+            &mut txn,
+            &mut cache,
+            &statements,
+            b'P',
+            &parse("other", "SELECT 1"),
+        );
+        assert!(out.is_empty());
+        assert_eq!(answers(&mut txn), b"1");
+        assert!(txn.is_idle());
+    }
+
+    #[test]
+    fn bind_on_a_server_without_the_statement_reissues_the_parse() {
+        let (mut txn, statements) = (Txn::default(), Statements::default());
+        let mut first_server = PreparedCache::new(10);
+        send(
+            &mut txn,
+            &mut first_server,
+            &statements,
+            b'P',
+            &parse("s1", "SELECT $1"),
+        );
+        txn.received(b'1', &mut first_server);
+
+        let mut second_server = PreparedCache::new(10);
+        let out = send(&mut txn, &mut second_server, &statements, b'B', &bind("s1"));
+        assert_eq!(tags(&out), b"PB");
+        assert!(
+            out[1][5..].starts_with(b"\0pgtenant_0\0"),
+            "Bind is renamed"
+        );
+        send(
+            &mut txn,
+            &mut second_server,
+            &statements,
+            b'E',
+            b"\0\0\0\0\0",
+        );
+        send(&mut txn, &mut second_server, &statements, b'S', b"");
+        assert_eq!(txn.received(b'1', &mut second_server), Verdict::Swallow);
+        assert_eq!(txn.received(b'2', &mut second_server), Verdict::Forward);
+        assert_eq!(txn.received(b'C', &mut second_server), Verdict::Forward);
+        assert!(!txn.is_idle());
+        assert_eq!(txn.received(b'Z', &mut second_server), Verdict::Forward);
+        assert!(txn.is_idle());
+    }
+
+    #[test]
+    fn answers_keep_their_place_in_a_pipeline() {
+        let (mut txn, mut cache, statements) = (
+            Txn::default(),
+            PreparedCache::new(10),
+            Statements::default(),
+        );
+        send(
+            &mut txn,
+            &mut cache,
+            &statements,
+            b'P',
+            &parse("s1", "SELECT 1"),
+        );
+        txn.received(b'1', &mut cache);
+        // Bind (unnamed) then a Parse the server already has, then Sync.
+        send(&mut txn, &mut cache, &statements, b'B', &bind(""));
+        send(
+            &mut txn,
+            &mut cache,
+            &statements,
+            b'P',
+            &parse("s2", "SELECT 1"),
+        );
+        send(&mut txn, &mut cache, &statements, b'S', b"");
+        assert!(
+            answers(&mut txn).is_empty(),
+            "ParseComplete may not overtake BindComplete"
+        );
+        txn.received(b'2', &mut cache);
+        assert_eq!(answers(&mut txn), b"1");
+        txn.received(b'Z', &mut cache);
+        assert!(txn.is_idle());
+    }
+
+    #[test]
+    fn an_error_skips_to_sync_and_forgets_statements_not_made() {
+        let (mut txn, mut cache, statements) = (
+            Txn::default(),
+            PreparedCache::new(10),
+            Statements::default(),
+        );
+        send(
+            &mut txn,
+            &mut cache,
+            &statements,
+            b'P',
+            &parse("bad", "SELEC 1"),
+        );
+        send(&mut txn, &mut cache, &statements, b'B', &bind("bad"));
+        send(
+            &mut txn,
+            &mut cache,
+            &statements,
+            b'P',
+            &parse("s2", "SELECT 2"),
+        );
+        send(&mut txn, &mut cache, &statements, b'S', b"");
+        assert_eq!(txn.received(b'E', &mut cache), Verdict::Forward);
+        assert!(
+            !cache.touch("pgtenant_0"),
+            "the failed statement is not on the server"
+        );
+        assert!(
+            !cache.touch("pgtenant_1"),
+            "the skipped Parse made nothing either"
+        );
+        assert!(answers(&mut txn).is_empty());
+        txn.received(b'Z', &mut cache);
+        assert!(txn.is_idle());
+    }
+
+    #[test]
+    fn close_is_answered_by_the_proxy() {
+        let (mut txn, mut cache, statements) = (
+            Txn::default(),
+            PreparedCache::new(10),
+            Statements::default(),
+        );
+        send(
+            &mut txn,
+            &mut cache,
+            &statements,
+            b'P',
+            &parse("s1", "SELECT 1"),
+        );
+        txn.received(b'1', &mut cache);
+        let out = send(&mut txn, &mut cache, &statements, b'C', &named(b'S', "s1"));
+        assert!(out.is_empty());
+        assert_eq!(answers(&mut txn), b"3");
+        // The client's name is gone: a Bind passes through for the server to refuse.
+        let out = send(&mut txn, &mut cache, &statements, b'B', &bind("s1"));
+        assert!(out[0][5..].starts_with(b"\0s1\0"));
+    }
+
+    #[test]
+    fn a_full_server_cache_closes_the_least_recently_used_statement() {
+        let (mut txn, mut cache, statements) =
+            (Txn::default(), PreparedCache::new(1), Statements::default());
+        send(
+            &mut txn,
+            &mut cache,
+            &statements,
+            b'P',
+            &parse("a", "SELECT 1"),
+        );
+        txn.received(b'1', &mut cache);
+        let out = send(
+            &mut txn,
+            &mut cache,
+            &statements,
+            b'P',
+            &parse("b", "SELECT 2"),
+        );
+        assert_eq!(tags(&out), b"CP");
+        assert_eq!(txn.received(b'3', &mut cache), Verdict::Swallow);
+        assert_eq!(txn.received(b'1', &mut cache), Verdict::Forward);
+        assert!(txn.is_idle());
+    }
+
+    #[test]
+    fn syncs_sent_during_copy_in_are_not_awaited() {
+        let (mut txn, mut cache, statements) = (
+            Txn::default(),
+            PreparedCache::new(10),
+            Statements::default(),
+        );
+        // tokio-postgres: Bind, Execute, Sync, then the data, CopyDone, Sync.
+        for (tag, body) in [
+            (b'B', bind("")),
+            (b'E', vec![0, 0, 0, 0, 0]),
+            (b'S', vec![]),
+        ] {
+            send(&mut txn, &mut cache, &statements, tag, &body);
+        }
+        txn.received(b'2', &mut cache);
+        txn.received(b'G', &mut cache);
+        for tag in [b'd', b'd', b'S', b'c', b'S'] {
+            send(&mut txn, &mut cache, &statements, tag, b"");
+        }
+        txn.received(b'C', &mut cache);
+        assert!(
+            !txn.is_idle(),
+            "the Sync after CopyDone is still to be answered"
+        );
+        txn.received(b'Z', &mut cache);
+        assert!(txn.is_idle());
+    }
+
+    #[test]
+    fn a_whole_copy_sent_before_the_server_starts_it() {
+        let (mut txn, mut cache, statements) = (
+            Txn::default(),
+            PreparedCache::new(10),
+            Statements::default(),
+        );
+        for tag in [b'B', b'E', b'S', b'd', b'c', b'S'] {
+            let body = if tag == b'B' {
+                bind("")
+            } else {
+                vec![0, 0, 0, 0, 0]
+            };
+            send(&mut txn, &mut cache, &statements, tag, &body);
+        }
+        for tag in [b'2', b'G', b'C'] {
+            txn.received(tag, &mut cache);
+        }
+        txn.received(b'Z', &mut cache);
+        assert!(txn.is_idle());
+    }
+
+    #[test]
+    fn between_transactions_parse_and_sync_need_no_server() {
+        let (mut txn, statements) = (Txn::default(), Statements::default());
+        assert!(txn.answer_detached(b'P', &parse("s1", "SELECT 1"), &statements));
+        assert!(txn.answer_detached(b'S', b"", &statements));
+        assert_eq!(answers(&mut txn), b"1Z");
+        assert!(
+            !txn.answer_detached(b'B', &bind("s1"), &statements),
+            "Bind needs a server"
+        );
+        // The statement is made at first use.
+        let mut cache = PreparedCache::new(10);
+        let out = send(&mut txn, &mut cache, &statements, b'B', &bind("s1"));
+        assert_eq!(tags(&out), b"PB");
+    }
+}

@@ -1,0 +1,283 @@
+//! The TOML registry source: `[hosts.NAME]` and `[tenants.NAME]`, reloaded when the
+//! file changes or on SIGHUP. An invalid file is refused whole; the old snapshot stays.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::Deserialize;
+use tokio::signal::unix::{signal, SignalKind};
+
+use super::{Host, HostName, Registry, Snapshot, Tenant, TenantName, TEMPLATE_KEY};
+use crate::config::{PoolMode, Problem};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryFileError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("{}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid { problems: Vec<Problem> },
+}
+
+const DEFAULT_MAX_CONNECTIONS: usize = 100;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    hosts: BTreeMap<String, RawHost>,
+    #[serde(default)]
+    tenants: BTreeMap<String, RawTenant>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHost {
+    address: String,
+    max_connections: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    host: String,
+    database: String,
+    #[serde(default)]
+    search_path: Vec<String>,
+    backend_user: Option<String>,
+    backend_password: Option<String>,
+    pool_size: Option<usize>,
+    min_idle: Option<usize>,
+    pool_mode: Option<PoolMode>,
+}
+
+/// Reads and validates the registry file.
+pub fn load(path: &Path) -> Result<Snapshot, RegistryFileError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| RegistryFileError::Read {
+        file: file.clone(),
+        source,
+    })?;
+    parse(&text, &file)
+}
+
+/// Parses registry TOML; `file` names the source in messages.
+pub fn parse(text: &str, file: &str) -> Result<Snapshot, RegistryFileError> {
+    let raw: RawFile = toml::from_str(text).map_err(|e| RegistryFileError::Parse {
+        file: file.to_string(),
+        message: e.to_string().trim_end().to_string(),
+    })?;
+    let mut problems = Vec::new();
+    let mut problem = |key: String, message: String| {
+        problems.push(Problem {
+            file: file.to_string(),
+            key,
+            message,
+        })
+    };
+
+    let mut hosts = Vec::new();
+    for (name, raw_host) in &raw.hosts {
+        let key = format!("hosts.{name}");
+        if !valid_address(&raw_host.address) {
+            problem(
+                format!("{key}.address"),
+                format!("\"{}\" is not host:port", raw_host.address),
+            );
+        }
+        let max_connections = raw_host.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 {
+            problem(
+                format!("{key}.max_connections"),
+                "must be at least 1".into(),
+            );
+        }
+        hosts.push(Host {
+            name: HostName::new(name),
+            address: raw_host.address.clone(),
+            max_connections,
+        });
+    }
+
+    let mut tenants = Vec::new();
+    let mut template = None;
+    for (name, raw_tenant) in raw.tenants {
+        let key = format!("tenants.\"{name}\"");
+        if !raw.hosts.contains_key(&raw_tenant.host) {
+            problem(
+                format!("{key}.host"),
+                format!("unknown host \"{}\"", raw_tenant.host),
+            );
+        }
+        if raw_tenant.database.is_empty() {
+            problem(format!("{key}.database"), "must not be empty".into());
+        }
+        if raw_tenant.search_path.iter().any(|s| s.is_empty()) {
+            problem(
+                format!("{key}.search_path"),
+                "holds an empty schema name".into(),
+            );
+        }
+        if raw_tenant.pool_size == Some(0) {
+            problem(format!("{key}.pool_size"), "must be at least 1".into());
+        }
+        if let (Some(min_idle), Some(size)) = (raw_tenant.min_idle, raw_tenant.pool_size) {
+            if min_idle > size {
+                problem(
+                    format!("{key}.min_idle"),
+                    format!("{min_idle} exceeds pool_size {size}"),
+                );
+            }
+        }
+        if raw_tenant.backend_user.as_deref() == Some("") {
+            problem(format!("{key}.backend_user"), "must not be empty".into());
+        }
+        let tenant = Tenant {
+            name: TenantName::new(&name),
+            host: HostName::new(&raw_tenant.host),
+            database: raw_tenant.database,
+            search_path: raw_tenant.search_path,
+            backend_user: raw_tenant.backend_user,
+            backend_password: raw_tenant.backend_password,
+            pool_size: raw_tenant.pool_size,
+            min_idle: raw_tenant.min_idle,
+            pool_mode: raw_tenant.pool_mode,
+        };
+        if name == TEMPLATE_KEY {
+            template = Some(tenant);
+        } else {
+            tenants.push(tenant);
+        }
+    }
+
+    if problems.is_empty() {
+        Ok(Snapshot::new(hosts, tenants, template))
+    } else {
+        Err(RegistryFileError::Invalid { problems })
+    }
+}
+
+fn valid_address(address: &str) -> bool {
+    match address.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+        None => false,
+    }
+}
+
+fn fingerprint(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// Reloads `path` into `registry` when it changes (polled every `interval`) or on
+/// SIGHUP. Runs until the runtime shuts down.
+pub fn watch(registry: Arc<Registry>, path: PathBuf, interval: Duration) {
+    tokio::spawn(async move {
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; relying on file changes");
+                None
+            }
+        };
+        let mut seen = fingerprint(&path);
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let forced = tokio::select! {
+                _ = ticker.tick() => false,
+                Some(()) = async { hangup.as_mut()?.recv().await } => true,
+            };
+            let now = fingerprint(&path);
+            if !forced && now == seen {
+                continue;
+            }
+            seen = now;
+            reload(&registry, &path);
+        }
+    });
+}
+
+/// One reload attempt: swap in the new snapshot, or log why not and keep the old one.
+pub fn reload(registry: &Registry, path: &Path) -> bool {
+    match load(path) {
+        Ok(snapshot) => {
+            tracing::info!(
+                file = %path.display(),
+                tenants = snapshot.tenant_count(),
+                "registry reloaded"
+            );
+            registry.replace(snapshot);
+            true
+        }
+        Err(e) => {
+            tracing::error!("registry update refused, previous registry keeps serving: {e}");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [hosts.pg-a]
+        address = "127.0.0.1:5432"
+        max_connections = 20
+
+        [tenants.acme]
+        host = "pg-a"
+        database = "erp"
+        search_path = ["tenant_acme"]
+        backend_user = "erp_app"
+        pool_mode = "transaction"
+
+        [tenants."*"]
+        host = "pg-a"
+        database = "{tenant}"
+    "#;
+
+    #[test]
+    fn parses_hosts_tenants_and_template() {
+        let snapshot = parse(GOOD, "t.toml").unwrap();
+        let acme = snapshot.tenant("acme").unwrap();
+        assert_eq!(acme.search_path, vec!["tenant_acme".to_string()]);
+        assert_eq!(acme.pool_mode, Some(PoolMode::Transaction));
+        assert_eq!(snapshot.host(&acme.host).unwrap().max_connections, 20);
+        assert_eq!(snapshot.tenant("shop").unwrap().database, "shop");
+    }
+
+    #[test]
+    fn names_file_and_key_of_each_problem() {
+        let text = r#"
+            [hosts.pg-a]
+            address = "nowhere"
+            [tenants.acme]
+            host = "pg-z"
+            database = ""
+        "#;
+        let err = parse(text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("t.toml: hosts.pg-a.address"), "{err}");
+        assert!(
+            err.contains("t.toml: tenants.\"acme\".host: unknown host \"pg-z\""),
+            "{err}"
+        );
+        assert!(err.contains("tenants.\"acme\".database"), "{err}");
+    }
+
+    #[test]
+    fn syntax_and_unknown_keys_are_refused() {
+        assert!(parse("[hosts.a\n", "t.toml").is_err());
+        let err = parse("[hosts.a]\naddress = \"h:1\"\nport = 5\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("port"), "{err}");
+    }
+}

@@ -1,0 +1,220 @@
+//! The tenant registry: which host, database, schemas and credentials serve a tenant.
+//!
+//! Readers take the current `Snapshot` without a lock (arc-swap); a source builds a new
+//! snapshot, validates it whole and swaps it in, so a reader never sees half an update.
+
+pub mod file;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::config::PoolMode;
+
+macro_rules! name_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Arc<str>);
+
+        impl $name {
+            pub fn new(name: &str) -> Self {
+                $name(Arc::from(name))
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+name_type!(
+    /// A tenant's name, as clients give it.
+    TenantName
+);
+name_type!(
+    /// A host's name in the registry (not its address).
+    HostName
+);
+
+/// A PostgreSQL server that holds tenants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    pub name: HostName,
+    /// `host:port`.
+    pub address: String,
+    /// Server connections all tenants on this host may hold together.
+    pub max_connections: usize,
+}
+
+/// Where and as whom one tenant is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    pub name: TenantName,
+    pub host: HostName,
+    pub database: String,
+    /// Schemas, in order; empty means the server's default.
+    pub search_path: Vec<String>,
+    /// Role on the server; `None` means the client's own user name.
+    pub backend_user: Option<String>,
+    pub backend_password: Option<String>,
+    pub pool_size: Option<usize>,
+    /// Idle server connections kept open while the tenant is active.
+    pub min_idle: Option<usize>,
+    pub pool_mode: Option<PoolMode>,
+}
+
+/// The part of the template entry `[tenants."*"]` that is filled in per tenant.
+pub const TEMPLATE_KEY: &str = "*";
+const TENANT_PLACEHOLDER: &str = "{tenant}";
+
+/// Template tenants are made from untrusted names, so only plain names qualify.
+fn is_template_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// An immutable, validated view of the registry.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    hosts: HashMap<HostName, Arc<Host>>,
+    tenants: HashMap<TenantName, Arc<Tenant>>,
+    template: Option<Tenant>,
+}
+
+impl Snapshot {
+    /// Assembles a snapshot; callers validate first (see `file::parse`).
+    pub fn new(hosts: Vec<Host>, tenants: Vec<Tenant>, template: Option<Tenant>) -> Snapshot {
+        Snapshot {
+            hosts: hosts
+                .into_iter()
+                .map(|h| (h.name.clone(), Arc::new(h)))
+                .collect(),
+            tenants: tenants
+                .into_iter()
+                .map(|t| (t.name.clone(), Arc::new(t)))
+                .collect(),
+            template,
+        }
+    }
+
+    /// The tenant by name: a listed tenant, else one made from the template entry.
+    pub fn tenant(&self, name: &str) -> Option<Arc<Tenant>> {
+        if let Some(tenant) = self.tenants.get(name) {
+            return Some(tenant.clone());
+        }
+        let template = self.template.as_ref()?;
+        if !is_template_name(name) {
+            return None;
+        }
+        let fill = |s: &str| s.replace(TENANT_PLACEHOLDER, name);
+        Some(Arc::new(Tenant {
+            name: TenantName::new(name),
+            host: template.host.clone(),
+            database: fill(&template.database),
+            search_path: template.search_path.iter().map(|s| fill(s)).collect(),
+            backend_user: template.backend_user.as_deref().map(fill),
+            backend_password: template.backend_password.clone(),
+            pool_size: template.pool_size,
+            min_idle: template.min_idle,
+            pool_mode: template.pool_mode,
+        }))
+    }
+
+    pub fn host(&self, name: &HostName) -> Option<Arc<Host>> {
+        self.hosts.get(name).cloned()
+    }
+
+    pub fn tenant_count(&self) -> usize {
+        self.tenants.len()
+    }
+
+    pub fn hosts(&self) -> impl Iterator<Item = &Arc<Host>> {
+        self.hosts.values()
+    }
+}
+
+impl std::borrow::Borrow<str> for TenantName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The current snapshot, swapped atomically by registry sources.
+pub struct Registry {
+    current: ArcSwap<Snapshot>,
+}
+
+impl Registry {
+    pub fn new(snapshot: Snapshot) -> Registry {
+        Registry {
+            current: ArcSwap::from_pointee(snapshot),
+        }
+    }
+
+    /// Lock-free read of the current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    pub fn replace(&self, snapshot: Snapshot) {
+        self.current.store(Arc::new(snapshot));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(name: &str, database: &str) -> Tenant {
+        Tenant {
+            name: TenantName::new(name),
+            host: HostName::new("a"),
+            database: database.into(),
+            search_path: vec![format!("tenant_{TENANT_PLACEHOLDER}")],
+            backend_user: None,
+            backend_password: None,
+            pool_size: None,
+            min_idle: None,
+            pool_mode: None,
+        }
+    }
+
+    #[test]
+    fn listed_tenant_wins_over_template() {
+        let snapshot = Snapshot::new(
+            vec![],
+            vec![tenant("acme", "erp")],
+            Some(tenant(TEMPLATE_KEY, "{tenant}")),
+        );
+        assert_eq!(snapshot.tenant("acme").unwrap().database, "erp");
+        let shop = snapshot.tenant("shop").unwrap();
+        assert_eq!(shop.database, "shop");
+        assert_eq!(shop.search_path, vec!["tenant_shop".to_string()]);
+    }
+
+    #[test]
+    fn template_refuses_odd_names() {
+        let snapshot = Snapshot::new(vec![], vec![], Some(tenant(TEMPLATE_KEY, "{tenant}")));
+        assert!(snapshot.tenant("a b").is_none());
+        assert!(snapshot.tenant("").is_none());
+        assert!(snapshot.tenant(&"x".repeat(64)).is_none());
+    }
+
+    #[test]
+    fn no_template_no_tenant() {
+        let snapshot = Snapshot::new(vec![], vec![tenant("acme", "erp")], None);
+        assert!(snapshot.tenant("other").is_none());
+    }
+}

@@ -1,0 +1,103 @@
+//! A running proxy instance: registry loaded and watched, pools reaped, listener bound.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::app::App;
+use crate::config::Settings;
+use crate::registry::file::RegistryFileError;
+use crate::registry::{file, Registry};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Registry(#[from] RegistryFileError),
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("registry: {0}")]
+    NoRegistry(String),
+}
+
+pub struct Server {
+    local_addr: SocketAddr,
+    app: Arc<App>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    /// Loads the registry, binds `proxy.listen` and starts accepting clients.
+    pub async fn start(settings: Settings) -> Result<Server, StartError> {
+        let path = settings
+            .registry
+            .file
+            .clone()
+            .ok_or_else(|| StartError::NoRegistry("no registry file configured".into()))?;
+        let registry = Arc::new(Registry::new(file::load(&path)?));
+        file::watch(registry.clone(), path, settings.registry.watch_interval);
+
+        let listener = TcpListener::bind(&settings.proxy.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                address: settings.proxy.listen.clone(),
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            address: settings.proxy.listen.clone(),
+            source,
+        })?;
+        let app = App::new(settings, registry);
+        crate::pool::run_maintenance(
+            app.pools.clone(),
+            Duration::from_secs(1).min(app.settings.pool.host_turn.max(Duration::from_millis(10))),
+        );
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let task = tokio::spawn(crate::proxy::accept_loop(
+            app.clone(),
+            listener,
+            shutdown_rx,
+        ));
+        tracing::info!(%local_addr, "pgtenant listening");
+        Ok(Server {
+            local_addr,
+            app,
+            shutdown,
+            task,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// Stops accepting, lets each client finish the transaction it is in and tells it
+    /// (FATAL 57P01) before closing; waits up to `proxy.shutdown_timeout` for that.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+        self.app.shutdown.send_replace(true);
+        let deadline = tokio::time::Instant::now() + self.app.settings.proxy.shutdown_timeout;
+        while self.app.clients.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    clients = self.app.clients.load(std::sync::atomic::Ordering::Acquire),
+                    "shutdown timeout: closing the remaining clients"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

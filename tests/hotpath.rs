@@ -1,0 +1,217 @@
+//! Counts on the hot path that must not grow, measured on a pgtenant process (so its
+//! /proc counters are its own): write system calls per round trip, server
+//! connections opened per 10,000 transactions, and memory held for a client that
+//! stops reading a large result.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// The pgtenant binary serving `env`'s registry on a port of its own.
+struct Proxy {
+    child: Child,
+    port: u16,
+}
+
+impl Proxy {
+    async fn start(env: &Env, extra: &str) -> Proxy {
+        let port = closed_port_address()
+            .rsplit_once(':')
+            .unwrap()
+            .1
+            .parse()
+            .unwrap();
+        let config = env.dir.path().join(format!("proxy-{port}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[proxy]\nlisten = \"127.0.0.1:{port}\"\npool_mode = \"transaction\"\n{extra}\n[registry]\nfile = {:?}\n",
+                env.registry_path.display().to_string()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_pgtenant"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("PGTENANT_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starting pgtenant");
+        let proxy = Proxy { child, port };
+        let up = eventually(Duration::from_secs(10), || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await;
+        assert!(up.is_some(), "pgtenant did not start listening");
+        proxy
+    }
+
+    fn proc_field(&self, file: &str, field: &str) -> u64 {
+        let text = std::fs::read_to_string(format!("/proc/{}/{file}", self.child.id())).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc/pid/{file}"))
+    }
+
+    /// write(2)/writev(2) calls made so far (socket sends through the VFS).
+    fn writes(&self) -> u64 {
+        self.proc_field("io", "syscw:")
+    }
+
+    fn rss_kib(&self) -> u64 {
+        self.proc_field("status", "VmRSS:")
+    }
+
+    async fn connect(&self, db: &str) -> tokio_postgres::Client {
+        let addr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        connect(&config_for(addr, "app", Some(db)))
+            .await
+            .expect("connect through pgtenant")
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_write_each_way_per_round_trip() {
+    let env = EnvBuilder::erp().start().await;
+    let proxy = Proxy::start(&env, "").await;
+    let client = proxy.connect("acme").await;
+    client.simple_query("SELECT 1").await.unwrap();
+    let before = proxy.writes();
+    let rounds = 2_000;
+    for _ in 0..rounds {
+        client.simple_query("SELECT 1").await.unwrap();
+    }
+    let per_round_trip = (proxy.writes() - before) as f64 / rounds as f64;
+    // One write towards the server, one towards the client.
+    assert!(
+        per_round_trip <= 2.05,
+        "{per_round_trip:.2} writes per round trip"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_transactions_open_no_more_than_the_pool() {
+    let env = EnvBuilder::erp().start().await;
+    let proxy = Proxy::start(&env, "[pool]\npool_size = 2").await;
+    let direct = env.direct("pg-a", "postgres").await;
+    let sessions = || async {
+        direct
+            .query_one(
+                "SELECT sessions FROM pg_stat_database WHERE datname = 'erp'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let before = sessions().await;
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let client = proxy.connect("acme").await;
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..2_500 {
+                client.simple_query("SELECT 1").await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let opened = sessions().await - before;
+    assert!(
+        opened <= 2,
+        "{opened} server connections opened for 10,000 transactions on pool_size 2"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_does_not_make_the_proxy_buffer() {
+    let env = EnvBuilder::erp().start().await;
+    let proxy = Proxy::start(&env, "").await;
+    // Warm up so the baseline includes the connection's own state.
+    let warm = proxy.connect("acme").await;
+    warm.simple_query("SELECT 1").await.unwrap();
+    let baseline = proxy.rss_kib();
+
+    // ~200 MB of result rows to a client that never reads them.
+    let mut raw = Raw::connect(format!("127.0.0.1:{}", proxy.port).parse().unwrap()).await;
+    raw.send(&startup_packet(
+        PROTOCOL_3_0,
+        &[("user", "app"), ("database", "acme")],
+    ))
+    .await;
+    raw.read_until_ready().await;
+    raw.send(&query_message(
+        "SELECT repeat('x', 1000) FROM generate_series(1, 200000)",
+    ))
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let grown = proxy.rss_kib().saturating_sub(baseline);
+    assert!(
+        grown < 16 * 1024,
+        "proxy grew by {grown} KiB for a client that does not read"
+    );
+    // Other clients are served meanwhile.
+    assert_eq!(items(&warm).await, ACME_ITEMS);
+}
+
+/// Frames larger than the relay's queue bound, with more frames behind them in the
+/// same read: everything must arrive, in both pool modes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_larger_than_the_relay_buffer_pass_both_ways() {
+    let env = EnvBuilder::erp().start().await;
+    for mode in ["session", "transaction"] {
+        let server = env
+            .start_server(&format!(
+                "[proxy]\npool_mode = \"{mode}\"\nrelay_buffer = 65536\n"
+            ))
+            .await;
+        let client = connect(&config_for(server.local_addr(), "app", Some("acme")))
+            .await
+            .unwrap();
+        let data: Vec<u8> = (0..(1 << 20)).map(|i| (i * 7 % 251) as u8).collect();
+        for _ in 0..3 {
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&data];
+            let query = client.query_one(
+                "SELECT $1::bytea, length($1::bytea), md5($1::bytea)",
+                &params,
+            );
+            let row = tokio::time::timeout(Duration::from_secs(30), query)
+                .await
+                .unwrap_or_else(|_| panic!("{mode}: no answer within 30 s"))
+                .unwrap_or_else(|e| panic!("{mode}: {}", describe(&e)));
+            assert_eq!(
+                row.get::<_, Vec<u8>>(0),
+                data,
+                "{mode}: bytea came back different"
+            );
+            assert_eq!(row.get::<_, i32>(1), 1 << 20);
+        }
+        // Several big rows per read, then the command tag and ReadyForQuery.
+        let query = client.query(
+            "SELECT repeat('x', 300000) FROM generate_series(1, 20)",
+            &[],
+        );
+        let rows = tokio::time::timeout(Duration::from_secs(30), query)
+            .await
+            .unwrap_or_else(|_| panic!("{mode}: no answer within 30 s"))
+            .unwrap();
+        assert_eq!(rows.len(), 20, "{mode}");
+        assert_eq!(items(&client).await, ACME_ITEMS, "{mode}");
+        server.stop().await;
+    }
+}
