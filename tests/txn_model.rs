@@ -204,7 +204,7 @@ fn through_proxy(batches: &[Vec<Msg>], rng: &mut StdRng) -> Vec<u8> {
                 let mut answers = Vec::new();
                 txn.take_answers(&mut answers);
                 seen.extend(answers.iter().map(|b| b[0]));
-                if txn.received(tag, cache) == Verdict::Forward {
+                if txn.received(tag, &[], cache) == Verdict::Forward {
                     seen.push(tag);
                 }
             }

@@ -1,6 +1,8 @@
 //! Spotting SQL that only works when a client keeps its server: LISTEN, SQL-level
-//! PREPARE, WITH HOLD cursors, temporary tables and session advisory locks. In
-//! transaction mode such a client is pinned to its server for the rest of its session.
+//! PREPARE, WITH HOLD cursors, temporary tables, session advisory locks, a changed
+//! role, and session settings the proxy cannot follow (a SET among other statements
+//! of one query). In transaction mode such a client is pinned to its server for the
+//! rest of its session.
 //!
 //! This is a word scan, not a parser. It errs towards pinning: a false match costs a
 //! pooled connection for one client's lifetime, a missed one would cost correctness.
@@ -13,6 +15,8 @@ pub enum SessionFeature {
     HoldCursor,
     TempTable,
     AdvisoryLock,
+    Role,
+    SettingInBatch,
 }
 
 impl SessionFeature {
@@ -23,6 +27,8 @@ impl SessionFeature {
             SessionFeature::HoldCursor => "DECLARE … WITH HOLD",
             SessionFeature::TempTable => "temporary tables",
             SessionFeature::AdvisoryLock => "session advisory locks",
+            SessionFeature::Role => "SET ROLE / SET SESSION AUTHORIZATION",
+            SessionFeature::SettingInBatch => "SET among other statements of one query",
         }
     }
 }
@@ -109,6 +115,8 @@ pub fn session_feature(sql: &[u8]) -> Option<SessionFeature> {
     let mut second: Option<&[u8]> = None;
     let mut previous: Option<&[u8]> = None;
     let mut count = 0;
+    // Statements so far, and whether one was a session-level SET.
+    let (mut statements, mut session_set) = (0, false);
     let prepare = |first: Option<&[u8]>, second: Option<&[u8]>| {
         is(first, "prepare") && !is(second, "transaction")
     };
@@ -118,12 +126,26 @@ pub fn session_feature(sql: &[u8]) -> Option<SessionFeature> {
                 if prepare(first, second) {
                     return Some(SessionFeature::Prepare);
                 }
+                if first.is_some() {
+                    statements += 1;
+                }
                 (first, second, previous) = (None, None, None);
                 count = 0;
                 continue;
             }
             Token::Word(word) => word,
         };
+        if is(first, "set")
+            && ((count == 1 && is(Some(word), "role"))
+                || (count == 2 && is(second, "session") && is(Some(word), "authorization")))
+        {
+            return Some(SessionFeature::Role);
+        }
+        if count == 1 && is(first, "set") {
+            session_set |= !["local", "transaction", "constraints"]
+                .iter()
+                .any(|k| is(Some(word), k));
+        }
         if first.is_none() {
             first = Some(word);
             if is(first, "listen") {
@@ -149,7 +171,8 @@ pub fn session_feature(sql: &[u8]) -> Option<SessionFeature> {
         previous = Some(word);
         count += 1;
     }
-    None
+    // Alone, a SET is followed from server to server; among others it is not.
+    (session_set && statements > 1).then_some(SessionFeature::SettingInBatch)
 }
 
 /// Whether `sql` drops the server's prepared statements (DISCARD ALL / PLANS,
@@ -210,6 +233,29 @@ mod tests {
     }
 
     #[test]
+    fn a_changed_role_or_a_set_among_statements_pins() {
+        assert_eq!(
+            session_feature(b"SET ROLE reader"),
+            Some(SessionFeature::Role)
+        );
+        assert_eq!(
+            session_feature(b"set session authorization bob"),
+            Some(SessionFeature::Role)
+        );
+        assert_eq!(session_feature(b"SET SESSION work_mem = '8MB'"), None);
+        assert_eq!(session_feature(b"SET work_mem = '8MB';"), None);
+        assert_eq!(
+            session_feature(b"SET work_mem = '8MB'; select 1"),
+            Some(SessionFeature::SettingInBatch)
+        );
+        assert_eq!(
+            session_feature(b"BEGIN; SET LOCAL work_mem = '8MB'; select 1; COMMIT"),
+            None
+        );
+        assert_eq!(session_feature(b"select 'set x = 1'; select 2"), None);
+    }
+
+    #[test]
     fn ignores_words_in_literals_and_comments() {
         assert_eq!(
             session_feature(b"select 'listen'; -- listen\n select 1"),
@@ -245,6 +291,11 @@ pub enum SettingChange {
 /// `SET ROLE` and the like are not settings that outlive a transaction or that the
 /// proxy could replay, and are left alone.
 pub fn setting_change(sql: &[u8]) -> Option<SettingChange> {
+    // Cheap refusal first: this runs on every query and Parse in transaction mode.
+    let start = sql.iter().find(|b| !b.is_ascii_whitespace())?;
+    if !matches!(start.to_ascii_lowercase(), b's' | b'r' | b'd') {
+        return None;
+    }
     let text = std::str::from_utf8(sql)
         .ok()?
         .trim()

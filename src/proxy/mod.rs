@@ -4,6 +4,7 @@
 pub mod cancel;
 mod client;
 mod features;
+mod follow;
 mod handshake;
 mod listener;
 mod outbox;

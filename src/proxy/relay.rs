@@ -14,9 +14,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::cancel::CancelHandle;
-use super::features::{
-    drops_statements, session_feature, setting_change, SessionFeature, SettingChange,
-};
+use super::features::{drops_statements, session_feature, SessionFeature, SettingChange};
 use super::outbox::Outbox;
 use super::params::set_setting;
 use super::refusal::Refusal;
@@ -130,7 +128,10 @@ impl<'a> Session<'a> {
             resolved,
             pool: None,
             settings,
-            txn: Txn::default(),
+            txn: match mode {
+                PoolMode::Transaction => Txn::following_settings(),
+                PoolMode::Session => Txn::default(),
+            },
             pinned: None,
             cancel,
             shutdown: app.shutdown.subscribe(),
@@ -319,18 +320,8 @@ impl<'a> Session<'a> {
                     continue;
                 }
             }
-            if tag == b'Q' {
-                let setting = match transaction_mode {
-                    true => setting_change(parsed_sql(
-                        tag,
-                        &self.client_in[ready + HEADER_LEN..ready + len],
-                    )),
-                    false => None,
-                };
-                self.txn.sent_query(setting);
-            } else {
-                self.txn.sent(tag);
-            }
+            self.txn
+                .forwarded(tag, &self.client_in[ready + HEADER_LEN..ready + len]);
             ready += len;
             if self.to_server.len() + ready >= bound {
                 break;
@@ -387,11 +378,15 @@ impl<'a> Session<'a> {
             }
             let mut answers = Vec::new();
             self.txn.take_answers(&mut answers);
-            let verdict = self.txn.received(tag, &mut conn.prepared);
-            if let Some(change) = self.txn.take_followed() {
-                // Outside a transaction block the change holds for the rest of the
-                // session: it follows the client.
-                if conn.status == b'I' {
+            let verdict = self.txn.received(
+                tag,
+                &conn.buf[ready + HEADER_LEN..ready + len],
+                &mut conn.prepared,
+            );
+            if tag == b'Z' {
+                // Changes whose transaction committed hold for the rest of the
+                // session: they follow the client.
+                for change in self.txn.take_committed_settings() {
                     follow_setting(&mut self.settings, conn, change);
                 }
             }

@@ -14,7 +14,8 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use dashmap::DashMap;
 
-use super::features::SettingChange;
+use super::features::{setting_change, SettingChange};
+use super::follow::Follow;
 use crate::backend::PreparedCache;
 use crate::protocol::frame::read_cstr;
 use crate::protocol::messages;
@@ -24,6 +25,8 @@ use crate::protocol::messages;
 pub struct Statement {
     pub name: Arc<str>,
     pub parse: Bytes,
+    /// The session setting it changes, if it is a SET/RESET.
+    setting: Option<SettingChange>,
 }
 
 /// Every distinct statement (text and parameter types) seen by this proxy, named once.
@@ -50,7 +53,13 @@ impl Statements {
                     b.put_u8(0);
                     b.put_slice(text_and_types);
                 });
-                Arc::new(Statement { name, parse })
+                let sql = read_cstr(text_and_types).map_or(&[][..], |(sql, _)| sql);
+                let setting = setting_change(sql);
+                Arc::new(Statement {
+                    name,
+                    parse,
+                    setting,
+                })
             })
             .clone()
     }
@@ -75,7 +84,8 @@ enum Expect {
     },
     Bind,
     Describe,
-    Execute,
+    /// Carries the SET/RESET the portal makes, noted when it completes.
+    Execute(Option<Box<SettingChange>>),
     /// `evicted`: the proxy closed a statement to make room; nobody is answered.
     Close {
         evicted: Option<Arc<str>>,
@@ -84,7 +94,7 @@ enum Expect {
     /// A simple query; a session-level SET/RESET in it follows the client if the
     /// query succeeds (`failed` notes an ErrorResponse).
     Query {
-        setting: Option<SettingChange>,
+        setting: Option<Box<SettingChange>>,
         failed: bool,
     },
     Function,
@@ -127,8 +137,9 @@ pub enum Verdict {
 #[derive(Default)]
 pub struct Txn {
     queue: VecDeque<Expect>,
-    /// A SET/RESET whose query just succeeded, for the relay to take.
-    followed: Option<SettingChange>,
+    /// Session settings the client changed (transaction mode only).
+    follow: Follow,
+    follows_settings: bool,
     copy: CopyIn,
     /// Client statement name → server statement.
     statements: HashMap<Box<[u8]>, Arc<Statement>>,
@@ -148,17 +159,52 @@ impl Txn {
         self.queue.is_empty()
     }
 
-    /// Notes a simple query carrying a session-level SET/RESET (transaction mode).
-    pub fn sent_query(&mut self, setting: Option<SettingChange>) {
-        self.queue.push_back(Expect::Query {
-            setting,
-            failed: false,
-        });
+    /// State for a transaction-mode client, whose session settings must follow it.
+    pub fn following_settings() -> Txn {
+        Txn {
+            follows_settings: true,
+            ..Txn::default()
+        }
     }
 
-    /// The SET/RESET of the query ReadyForQuery just answered, if it succeeded.
-    pub fn take_followed(&mut self) -> Option<SettingChange> {
-        self.followed.take()
+    /// Notes a client message forwarded unchanged; in transaction mode also the
+    /// SET/RESET it makes or prepares. `body`: the message without its header.
+    pub fn forwarded(&mut self, tag: u8, body: &[u8]) {
+        if !self.follows_settings || !matches!(tag, b'Q' | b'P' | b'B' | b'E') {
+            return self.sent(tag);
+        }
+        let first = read_cstr(body);
+        match tag {
+            b'Q' => {
+                let setting = first.and_then(|(sql, _)| setting_change(sql));
+                self.queue.push_back(Expect::Query {
+                    setting: setting.map(Box::new),
+                    failed: false,
+                });
+            }
+            b'P' => {
+                let sql = first.and_then(|(_, rest)| read_cstr(rest));
+                self.follow
+                    .parsed_unnamed(sql.and_then(|(sql, _)| setting_change(sql)));
+                self.sent(tag);
+            }
+            b'B' => {
+                if let Some((portal, _)) = first {
+                    self.follow.bound(portal, None);
+                }
+                self.sent(tag);
+            }
+            _ => {
+                let portal = first.map_or(&[][..], |(portal, _)| portal);
+                self.queue
+                    .push_back(Expect::Execute(self.follow.executing(portal)));
+            }
+        }
+    }
+
+    /// Session settings whose transaction committed since last asked, oldest first.
+    pub fn take_committed_settings(&mut self) -> Vec<SettingChange> {
+        self.follow.take_committed()
     }
 
     /// Notes a client message forwarded unchanged.
@@ -177,7 +223,7 @@ impl Txn {
             _ => {}
         }
         let expect = match tag {
-            b'E' => Expect::Execute,
+            b'E' => Expect::Execute(None),
             b'S' => Expect::Sync,
             b'Q' => Expect::Query {
                 setting: None,
@@ -268,6 +314,9 @@ impl Txn {
                     return self.pass(tag, body, out);
                 };
                 self.ensure_prepared(server, &statement, out);
+                if self.follows_settings {
+                    self.follow.bound(portal, Some(statement.setting.as_ref()));
+                }
                 out.push(frame(b'B', |b| {
                     b.put_slice(portal);
                     b.put_u8(0);
@@ -357,8 +406,9 @@ impl Txn {
         }
     }
 
-    /// Matches one server message against the queue; says whether the client gets it.
-    pub fn received(&mut self, tag: u8, server: &mut PreparedCache) -> Verdict {
+    /// Matches one server message (`body` without its header) against the queue; says
+    /// whether the client gets it.
+    pub fn received(&mut self, tag: u8, body: &[u8], server: &mut PreparedCache) -> Verdict {
         let verdict = match (tag, self.queue.front()) {
             (b'1', Some(Expect::Parse { swallow, .. })) => swallowed(*swallow),
             (b'3', Some(Expect::Close { evicted })) => swallowed(evicted.is_some()),
@@ -371,10 +421,20 @@ impl Txn {
             b'T' | b'n' => self.pop_if(|e| matches!(e, Expect::Describe)),
             b'C' | b'I' | b's' => {
                 self.copy = CopyIn::None;
-                self.pop_if(|e| matches!(e, Expect::Execute));
+                if tag == b'C' {
+                    self.follow.command_complete(body);
+                }
+                if let Some(Expect::Execute(setting)) = self.queue.front_mut() {
+                    let setting = setting.take();
+                    self.queue.pop_front();
+                    if let (Some(change), b'C') = (setting, tag) {
+                        self.follow.ran(*change);
+                    }
+                }
             }
             b'E' => {
                 self.copy = CopyIn::None;
+                self.follow.error();
                 if let Some(Expect::Query { failed, .. }) = self.queue.front_mut() {
                     *failed = true;
                 }
@@ -385,16 +445,17 @@ impl Txn {
                 while let Some(expect) = self.queue.pop_front() {
                     match expect {
                         Expect::Query {
-                            setting,
+                            setting: Some(change),
                             failed: false,
                         } => {
-                            self.followed = setting;
+                            self.follow.ran(*change);
                             break;
                         }
                         Expect::Sync | Expect::Query { .. } | Expect::Function => break,
                         _ => {}
                     }
                 }
+                self.follow.ready(body.first().copied().unwrap_or(b'I'));
             }
             _ => {}
         }
@@ -554,7 +615,7 @@ mod tests {
         );
         assert_eq!(tags(&out), b"P");
         assert!(out[0][5..].starts_with(b"pgtenant_0\0"));
-        assert_eq!(txn.received(b'1', &mut cache), Verdict::Forward);
+        assert_eq!(txn.received(b'1', &[], &mut cache), Verdict::Forward);
 
         // The same text under another client name: answered without the server.
         let out = send(
@@ -580,7 +641,7 @@ mod tests {
             b'P',
             &parse("s1", "SELECT $1"),
         );
-        txn.received(b'1', &mut first_server);
+        txn.received(b'1', &[], &mut first_server);
 
         let mut second_server = PreparedCache::new(10);
         let out = send(&mut txn, &mut second_server, &statements, b'B', &bind("s1"));
@@ -597,11 +658,23 @@ mod tests {
             b"\0\0\0\0\0",
         );
         send(&mut txn, &mut second_server, &statements, b'S', b"");
-        assert_eq!(txn.received(b'1', &mut second_server), Verdict::Swallow);
-        assert_eq!(txn.received(b'2', &mut second_server), Verdict::Forward);
-        assert_eq!(txn.received(b'C', &mut second_server), Verdict::Forward);
+        assert_eq!(
+            txn.received(b'1', &[], &mut second_server),
+            Verdict::Swallow
+        );
+        assert_eq!(
+            txn.received(b'2', &[], &mut second_server),
+            Verdict::Forward
+        );
+        assert_eq!(
+            txn.received(b'C', &[], &mut second_server),
+            Verdict::Forward
+        );
         assert!(!txn.is_idle());
-        assert_eq!(txn.received(b'Z', &mut second_server), Verdict::Forward);
+        assert_eq!(
+            txn.received(b'Z', &[], &mut second_server),
+            Verdict::Forward
+        );
         assert!(txn.is_idle());
     }
 
@@ -619,7 +692,7 @@ mod tests {
             b'P',
             &parse("s1", "SELECT 1"),
         );
-        txn.received(b'1', &mut cache);
+        txn.received(b'1', &[], &mut cache);
         // Bind (unnamed) then a Parse the server already has, then Sync.
         send(&mut txn, &mut cache, &statements, b'B', &bind(""));
         send(
@@ -634,9 +707,9 @@ mod tests {
             answers(&mut txn).is_empty(),
             "ParseComplete may not overtake BindComplete"
         );
-        txn.received(b'2', &mut cache);
+        txn.received(b'2', &[], &mut cache);
         assert_eq!(answers(&mut txn), b"1");
-        txn.received(b'Z', &mut cache);
+        txn.received(b'Z', &[], &mut cache);
         assert!(txn.is_idle());
     }
 
@@ -663,7 +736,7 @@ mod tests {
             &parse("s2", "SELECT 2"),
         );
         send(&mut txn, &mut cache, &statements, b'S', b"");
-        assert_eq!(txn.received(b'E', &mut cache), Verdict::Forward);
+        assert_eq!(txn.received(b'E', &[], &mut cache), Verdict::Forward);
         assert!(
             !cache.touch("pgtenant_0"),
             "the failed statement is not on the server"
@@ -673,7 +746,7 @@ mod tests {
             "the skipped Parse made nothing either"
         );
         assert!(answers(&mut txn).is_empty());
-        txn.received(b'Z', &mut cache);
+        txn.received(b'Z', &[], &mut cache);
         assert!(txn.is_idle());
     }
 
@@ -691,7 +764,7 @@ mod tests {
             b'P',
             &parse("s1", "SELECT 1"),
         );
-        txn.received(b'1', &mut cache);
+        txn.received(b'1', &[], &mut cache);
         let out = send(&mut txn, &mut cache, &statements, b'C', &named(b'S', "s1"));
         assert!(out.is_empty());
         assert_eq!(answers(&mut txn), b"3");
@@ -711,7 +784,7 @@ mod tests {
             b'P',
             &parse("a", "SELECT 1"),
         );
-        txn.received(b'1', &mut cache);
+        txn.received(b'1', &[], &mut cache);
         let out = send(
             &mut txn,
             &mut cache,
@@ -720,8 +793,8 @@ mod tests {
             &parse("b", "SELECT 2"),
         );
         assert_eq!(tags(&out), b"CP");
-        assert_eq!(txn.received(b'3', &mut cache), Verdict::Swallow);
-        assert_eq!(txn.received(b'1', &mut cache), Verdict::Forward);
+        assert_eq!(txn.received(b'3', &[], &mut cache), Verdict::Swallow);
+        assert_eq!(txn.received(b'1', &[], &mut cache), Verdict::Forward);
         assert!(txn.is_idle());
     }
 
@@ -740,17 +813,17 @@ mod tests {
         ] {
             send(&mut txn, &mut cache, &statements, tag, &body);
         }
-        txn.received(b'2', &mut cache);
-        txn.received(b'G', &mut cache);
+        txn.received(b'2', &[], &mut cache);
+        txn.received(b'G', &[], &mut cache);
         for tag in [b'd', b'd', b'S', b'c', b'S'] {
             send(&mut txn, &mut cache, &statements, tag, b"");
         }
-        txn.received(b'C', &mut cache);
+        txn.received(b'C', &[], &mut cache);
         assert!(
             !txn.is_idle(),
             "the Sync after CopyDone is still to be answered"
         );
-        txn.received(b'Z', &mut cache);
+        txn.received(b'Z', &[], &mut cache);
         assert!(txn.is_idle());
     }
 
@@ -770,9 +843,9 @@ mod tests {
             send(&mut txn, &mut cache, &statements, tag, &body);
         }
         for tag in [b'2', b'G', b'C'] {
-            txn.received(tag, &mut cache);
+            txn.received(tag, &[], &mut cache);
         }
-        txn.received(b'Z', &mut cache);
+        txn.received(b'Z', &[], &mut cache);
         assert!(txn.is_idle());
     }
 
