@@ -493,6 +493,9 @@ class Bench:
     # -- pgbench tests, interleaved: every test runs on each target back to back.
     def run_pgbench(self):
         tests = pgbench_tests()
+        wanted = [t.strip() for t in os.environ.get("BENCH_TESTS", "").split(",") if t.strip()]
+        if wanted:
+            tests = [t for t in tests if t["id"] in wanted]
         for rnd in range(ROUNDS):
             for test in tests:
                 for target in rotate(TARGETS, rnd):

@@ -9,7 +9,9 @@
 # Settings (environment): BENCH_SECONDS, BENCH_ROUNDS, BENCH_POOL_SIZE (20),
 # BENCH_HOST_BUDGET (100), BENCH_TENANTS (1000), BENCH_CLIENTS ("1,16,64,256"),
 # BENCH_IDLE_COUNTS ("2000,10000"), BENCH_CPU_TXNS (100000), BENCH_SYSCALL_TXNS (2000),
-# BENCH_KEEP=1 keeps the temp dir (cluster, configs, logs). See bench/README.md.
+# BENCH_KEEP=1 keeps the temp dir (cluster, configs, logs). To run a part only:
+# BENCH_ONLY="pgbench,many,idle,cpu,syscalls" (steps) and BENCH_TESTS="connect-c16,…"
+# (pgbench test ids). See bench/README.md.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -167,3 +167,63 @@ async fn a_changed_role_or_a_set_among_statements_pins_the_client() {
         assert_eq!(value(&next, "SHOW work_mem").await, "4MB");
     }
 }
+
+/// ParameterStatus values of a startup as a raw client sees them.
+async fn greeting(env: &Env, params: &[(&str, &str)]) -> (Raw, Vec<(String, String)>) {
+    let mut raw = Raw::connect(env.addr()).await;
+    let mut all = vec![("user", "app"), ("database", "acme")];
+    all.extend_from_slice(params);
+    raw.send(&startup_packet(PROTOCOL_3_0, &all)).await;
+    let replies = raw.read_until_ready().await;
+    let reported = replies
+        .iter()
+        .filter(|m| m.tag == b'S')
+        .map(|m| {
+            let mut parts = m.body.split(|&b| b == 0);
+            let name = String::from_utf8_lossy(parts.next().unwrap()).into_owned();
+            let value = String::from_utf8_lossy(parts.next().unwrap()).into_owned();
+            (name, value)
+        })
+        .collect();
+    (raw, reported)
+}
+
+fn reported<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_mode_greets_without_a_server_once_the_pool_knows_one() {
+    let env = EnvBuilder::erp()
+        .settings(
+            "[proxy]\npool_mode = \"transaction\"\n[pool]\npool_size = 1\ncheckout_timeout = \"1s\"\n",
+        )
+        .start()
+        .await;
+    // The first client opens the pool's only connection and holds it in a block.
+    let holder = env.connect("app", "acme").await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    // Others connect although no server is free: the pool knows what to tell them.
+    let (mut quick, params) = greeting(&env, &[("application_name", "quick")]).await;
+    assert_eq!(reported(&params, "application_name"), Some("quick"));
+    assert!(reported(&params, "server_version").is_some(), "{params:?}");
+    assert_eq!(reported(&params, "DateStyle"), Some("ISO, MDY"));
+    // A setting the server would spell differently needs a server to ask: this one
+    // waits for the pool and gives up after checkout_timeout.
+    let mut raw = Raw::connect(env.addr()).await;
+    raw.send(&startup_packet(
+        PROTOCOL_3_0,
+        &[("user", "app"), ("database", "acme"), ("DateStyle", "ISO")],
+    ))
+    .await;
+    let refused = raw.expect_fatal().await;
+    assert_eq!(refused.code, "53300", "{refused:?}");
+
+    holder.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(show(&mut quick, "application_name").await, "quick");
+    let (_, params) = greeting(&env, &[("DateStyle", "ISO")]).await;
+    assert_eq!(reported(&params, "DateStyle"), Some("ISO, MDY"));
+}

@@ -30,6 +30,41 @@ const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Until the pool sets `max_prepared_statements`.
 const DEFAULT_PREPARED_CAPACITY: usize = 100;
 
+/// What a fresh server session tells a client at startup: every reported parameter,
+/// and the client-changeable ones among them. Kept per pool so a transaction-mode
+/// client can be greeted without taking a server connection.
+#[derive(Debug, Clone, Default)]
+pub struct Greeting {
+    pub params: Vec<(String, String)>,
+    pub initial: Vec<(String, String)>,
+}
+
+impl Greeting {
+    /// Whether the server would report each client-changeable setting the client asked
+    /// for exactly as the client spelled it, so the greeting can be answered from here.
+    /// (`DateStyle=ISO` is reported as `ISO, MDY`: such a client takes a server.)
+    pub fn reports_as_asked(&self, settings: &[(String, String)]) -> bool {
+        settings.iter().all(|(name, value)| {
+            let Some(known) = CLIENT_PARAMETERS
+                .iter()
+                .find(|p| p.eq_ignore_ascii_case(name))
+            else {
+                return true;
+            };
+            if *known != name {
+                return false;
+            }
+            match *known {
+                // Kept as sent when short and printable ASCII (NAMEDATALEN).
+                "application_name" => {
+                    value.len() < 64 && value.bytes().all(|b| (b' '..=b'~').contains(&b))
+                }
+                _ => self.initial.iter().any(|(n, v)| n == name && v == value),
+            }
+        })
+    }
+}
+
 pub struct ServerConn {
     pub stream: TcpStream,
     /// Bytes read from the server and not yet handled; empty whenever it is idle.
@@ -89,6 +124,18 @@ impl ServerConn {
     /// Client-changeable parameters as they were when the connection opened.
     pub fn initial_params(&self) -> &[(String, String)] {
         &self.initial
+    }
+
+    /// What this connection told the proxy when it opened.
+    pub fn greeting(&self) -> Greeting {
+        Greeting {
+            params: self
+                .params
+                .iter()
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect(),
+            initial: self.initial.clone(),
+        }
     }
 
     /// Records a setting a client changed here itself (SET, RESET, RESET ALL), so the
@@ -201,11 +248,16 @@ impl ServerConn {
 
     /// Brings the server's settings in line with what a client asked for, in one round
     /// trip, sending only those that differ. Returns whether anything was sent.
-    /// Settings another client had applied here and this one did not ask for are
-    /// reset, so one client's startup options never reach another.
+    /// Reported parameters the client did not ask for go back to this connection's
+    /// initial values, and settings another client had applied here are reset, so
+    /// one client's settings never reach another.
     pub async fn sync_params(&mut self, wanted: &[(String, String)]) -> Result<bool, BackendError> {
+        let unasked = self
+            .initial
+            .iter()
+            .filter(|(name, _)| !wanted.iter().any(|(n, _)| n == name));
         let mut calls = Vec::new();
-        for (name, value) in wanted {
+        for (name, value) in wanted.iter().chain(unasked) {
             let current = self.params.get(name).or_else(|| self.applied.get(name));
             if current != Some(value) {
                 calls.push(format!(

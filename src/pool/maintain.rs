@@ -48,6 +48,7 @@ impl Pools {
                         Ok(mut conn) => {
                             conn.prepared =
                                 backend::PreparedCache::new(pools.settings.max_prepared_statements);
+                            pool.opened(&conn);
                             pool.give_back(conn, budget);
                         }
                         Err(e) => {

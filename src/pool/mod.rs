@@ -21,7 +21,7 @@ pub use maintain::run_maintenance;
 use budget::HostBudget;
 use tenant::TenantPool;
 
-use crate::backend::{self, BackendError, BackendTarget};
+use crate::backend::{self, BackendError, BackendTarget, Greeting};
 use crate::config::PoolSettings;
 use crate::registry::{Host, Tenant, TenantName};
 
@@ -47,6 +47,13 @@ pub enum PoolError {
 /// A client's reference to its tenant's pool.
 #[derive(Clone)]
 pub struct PoolHandle(Arc<TenantPool>);
+
+impl PoolHandle {
+    /// What a server connection of this pool says at startup, once one has opened.
+    pub fn greeting(&self) -> Option<Arc<Greeting>> {
+        self.0.greeting()
+    }
+}
 
 /// One pool per tenant and server role.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -149,6 +156,7 @@ impl Pools {
             source,
         })?;
         conn.prepared = backend::PreparedCache::new(self.settings.max_prepared_statements);
+        pool.opened(&conn);
         tracing::debug!(tenant = %pool.tenant, address = %pool.target.address, "opened server connection");
         Ok(PooledConn::new(conn, budget, slot, pool.clone()))
     }

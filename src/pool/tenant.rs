@@ -8,7 +8,7 @@ use tokio::sync::Semaphore;
 
 use super::budget::{BudgetPermit, HostBudget};
 use super::conn::close_later;
-use crate::backend::{BackendTarget, ServerConn};
+use crate::backend::{BackendTarget, Greeting, ServerConn};
 use crate::registry::{HostName, TenantName};
 
 /// An idle connection and the host-budget permit it holds while open.
@@ -38,6 +38,8 @@ pub(super) struct TenantPool {
     pub(super) warming: std::sync::atomic::AtomicUsize,
     /// Set when the registry changed this tenant's target: its connections close.
     retired: AtomicBool,
+    /// What the newest server connection said when it opened.
+    greeting: Mutex<Option<Arc<Greeting>>>,
 }
 
 impl TenantPool {
@@ -62,7 +64,17 @@ impl TenantPool {
             last_active: Mutex::new(Instant::now()),
             warming: std::sync::atomic::AtomicUsize::new(0),
             retired: AtomicBool::new(false),
+            greeting: Mutex::new(None),
         })
+    }
+
+    /// Records what a freshly opened connection reported, for greeting clients.
+    pub(super) fn opened(&self, conn: &ServerConn) {
+        *self.greeting.lock().unwrap() = Some(Arc::new(conn.greeting()));
+    }
+
+    pub(super) fn greeting(&self) -> Option<Arc<Greeting>> {
+        self.greeting.lock().unwrap().clone()
     }
 
     pub(super) fn take_idle(&self) -> Option<Idle> {

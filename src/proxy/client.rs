@@ -15,7 +15,8 @@ use super::refusal::Refusal;
 use super::relay::Session;
 use super::resolve::resolve;
 use crate::app::{App, ClientId};
-use crate::backend::CLIENT_PARAMETERS;
+use crate::backend::{BackendError, Greeting, CLIENT_PARAMETERS};
+use crate::pool::PooledConn;
 use crate::config::PoolMode;
 use crate::protocol::messages;
 use crate::protocol::startup::SUPPORTED_MINOR;
@@ -23,7 +24,9 @@ use crate::protocol::startup::SUPPORTED_MINOR;
 /// Serves one client until it leaves. Never panics on input; every refusal is an
 /// ErrorResponse.
 pub async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, id: ClientId) {
-    let span = tracing::info_span!("client", %id, %peer, tenant = tracing::field::Empty, user = tracing::field::Empty);
+    // A debug-level span: at the default level it costs an idle client nothing, and
+    // the events below that matter at info level name the client themselves.
+    let span = tracing::debug_span!("client", %id, %peer, tenant = tracing::field::Empty, user = tracing::field::Empty);
     async move {
         let _ = stream.set_nodelay(true);
         // The startup phase is boxed: its state is freed once the relay runs, so a
@@ -34,7 +37,7 @@ pub async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, id: Clien
             Err(refusal) => Err(refusal),
         };
         if let Err(refusal) = result {
-            tracing::info!(code = refusal.code.code(), "refused: {}", refusal.message);
+            tracing::info!(%id, %peer, code = refusal.code.code(), "refused: {}", refusal.message);
         }
     }
     .instrument(span)
@@ -75,45 +78,46 @@ async fn start(app: &App, mut stream: TcpStream) -> Result<Option<Box<Session<'_
     let pool = app
         .pools
         .pool(&resolved.tenant, &resolved.host, &resolved.user);
-    let mut server = match app.pools.checkout(&pool).await {
-        Ok(server) => server,
-        Err(e) => return Err(refuse_after(&mut stream, out, Refusal::from(&e)).await),
-    };
+    let mode = resolved
+        .tenant
+        .pool_mode
+        .unwrap_or(app.settings.proxy.pool_mode);
     let mut settings = client_settings(&startup.params);
-    // What the client did not ask for, it gets as a fresh server session has it, not
-    // as the previous client of this server connection left it.
-    for (name, value) in server.get().initial_params() {
-        if !settings.iter().any(|(n, _)| n == name) {
-            settings.push((name.clone(), value.clone()));
+    // Transaction mode needs no server until the first query when the pool already
+    // knows what to tell the client (the common case for short-lived connections).
+    let known = match mode {
+        PoolMode::Transaction => pool
+            .greeting()
+            .filter(|greeting| greeting.reports_as_asked(&settings)),
+        PoolMode::Session => None,
+    };
+    let server = match known {
+        Some(greeting) => {
+            greet_from(&greeting, &mut settings, &mut out);
+            None
         }
-    }
-    if let Err(e) = server.conn().sync_params(&settings).await {
-        return Err(refuse_after(&mut stream, out, Refusal::from(&e)).await);
-    }
-    // The client now believes every reported setting it is told below; those it may
-    // change follow it to other servers, in the server's spelling. (A SET to a value
-    // a server already has is not reported, so the client's view must be whole.)
-    for name in CLIENT_PARAMETERS {
-        if let Some(reported) = server.get().params().get(*name) {
-            set_setting(&mut settings, name, reported);
+        None => {
+            let mut server = match app.pools.checkout(&pool).await {
+                Ok(server) => server,
+                Err(e) => return Err(refuse_after(&mut stream, out, Refusal::from(&e)).await),
+            };
+            if let Err(e) = greet_from_server(&mut server, &mut settings, &mut out).await {
+                return Err(refuse_after(&mut stream, out, Refusal::from(&e)).await);
+            }
+            Some(server)
         }
-    }
-    for (name, value) in server.get().params() {
-        messages::parameter_status(&mut out, name, value);
-    }
+    };
     let cancel = app.cancels.register();
     let key = cancel.key();
     messages::backend_key_data(&mut out, key.pid, key.secret);
     messages::ready_for_query(&mut out, b'I');
     if stream.write_all(&out).await.is_err() {
-        server.release(&app.settings.pool.reset_query).await;
+        if let Some(server) = server {
+            server.release(&app.settings.pool.reset_query).await;
+        }
         return Ok(None);
     }
 
-    let mode = resolved
-        .tenant
-        .pool_mode
-        .unwrap_or(app.settings.proxy.pool_mode);
     tracing::debug!(?mode, "session started");
     // Boxed: the session lives on the heap once, not copied into each future above it.
     let mut session = Box::new(Session::new(
@@ -125,6 +129,50 @@ async fn start(app: &App, mut stream: TcpStream) -> Result<Option<Box<Session<'_
         session.detach();
     }
     Ok(Some(session))
+}
+
+/// Greets the client as a fresh server session of its pool would, with what it asked
+/// for (`Greeting::reports_as_asked` holds): the settings it did not ask for are the
+/// server's initial ones.
+fn greet_from(greeting: &Greeting, settings: &mut Vec<(String, String)>, out: &mut BytesMut) {
+    keep_only_changes(settings, &greeting.initial);
+    for (name, value) in &greeting.params {
+        let asked = settings.iter().find(|(n, _)| n == name);
+        let value = asked.map_or(value, |(_, v)| v);
+        messages::parameter_status(out, name, value);
+    }
+}
+
+/// Greets the client with a server connection's own parameters after applying the
+/// client's settings to it.
+async fn greet_from_server(
+    server: &mut PooledConn,
+    settings: &mut Vec<(String, String)>,
+    out: &mut BytesMut,
+) -> Result<(), BackendError> {
+    // What the client did not ask for, it gets as a fresh server session has it, not
+    // as the previous client of this server connection left it (`sync_params`).
+    server.conn().sync_params(settings).await?;
+    // The client now believes every reported setting it is told below; those it may
+    // change follow it to other servers, in the server's spelling.
+    for name in CLIENT_PARAMETERS {
+        if let Some(reported) = server.get().params().get(*name) {
+            set_setting(settings, name, reported);
+        }
+    }
+    keep_only_changes(settings, server.get().initial_params());
+    for (name, value) in server.get().params() {
+        messages::parameter_status(out, name, value);
+    }
+    Ok(())
+}
+
+/// Drops the client settings that equal what a fresh server session has: a server
+/// connection is brought back to those anyway, and an idle client should hold as
+/// little as possible.
+fn keep_only_changes(settings: &mut Vec<(String, String)>, initial: &[(String, String)]) {
+    settings.retain(|(name, value)| !initial.iter().any(|(n, v)| n == name && v == value));
+    settings.shrink_to_fit();
 }
 
 /// Relays until the session ends; what ended it, if the client was told, is returned
@@ -169,6 +217,7 @@ mod tests {
         let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let task = super::serve(app, stream, addr, ClientId(1));
         let size = std::mem::size_of_val(&task) + std::mem::size_of::<super::Session<'static>>();
+        eprintln!("task {} session {}", std::mem::size_of_val(&task), std::mem::size_of::<super::Session<'static>>());
         assert!(
             size <= 3 * 1024,
             "a client task holds {size} bytes of state"

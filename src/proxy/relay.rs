@@ -110,19 +110,19 @@ impl<'a> Session<'a> {
     pub fn new(
         app: &'a App,
         client: TcpStream,
-        server: PooledConn,
+        server: Option<PooledConn>,
         mode: PoolMode,
         resolved: Resolved,
         settings: Vec<(String, String)>,
         cancel: CancelHandle,
     ) -> Session<'a> {
-        cancel.set_server(Some(server.cancel_target()));
+        cancel.set_server(server.as_ref().map(PooledConn::cancel_target));
         Session {
             app,
             client,
             client_in: BytesMut::new(),
             to_client: Outbox::default(),
-            server: Some(server),
+            server,
             to_server: Outbox::default(),
             mode,
             resolved,
@@ -148,9 +148,11 @@ impl<'a> Session<'a> {
         };
         if let Some(refusal) = end.refusal() {
             self.to_client.push(refusal.fatal());
-            let _ = self.drain_to_client().await;
+            let _ = Box::pin(self.drain_to_client()).await;
         }
-        self.give_back_server().await;
+        // Boxed, as the rare paths below: a future's size is that of its largest
+        // state, and every idle client holds one.
+        Box::pin(self.give_back_server()).await;
         end
     }
 
@@ -282,7 +284,7 @@ impl<'a> Session<'a> {
                     self.client_in.advance(len);
                     continue;
                 }
-                self.attach().await?;
+                Box::pin(self.attach()).await?;
             }
             if transaction_mode {
                 let body = &self.client_in[ready + HEADER_LEN..ready + len];
@@ -291,7 +293,7 @@ impl<'a> Session<'a> {
                     let sql = parsed_sql(tag, body);
                     if self.pinned.is_none() {
                         if let Some(feature) = session_feature(sql) {
-                            tracing::info!(feature = feature.name(), "client pinned to its server connection: the feature needs a session");
+                            tracing::info!(tenant = %self.resolved.tenant.name, user = %self.resolved.user, feature = feature.name(), "client pinned to its server connection: the feature needs a session");
                             self.pinned = Some(feature);
                         }
                     }
