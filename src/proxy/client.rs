@@ -217,9 +217,8 @@ mod tests {
         let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let task = super::serve(app, stream, addr, ClientId(1));
         let size = std::mem::size_of_val(&task) + std::mem::size_of::<super::Session<'static>>();
-        eprintln!("task {} session {}", std::mem::size_of_val(&task), std::mem::size_of::<super::Session<'static>>());
         assert!(
-            size <= 3 * 1024,
+            size <= 1536,
             "a client task holds {size} bytes of state"
         );
     }

@@ -7,7 +7,9 @@
 //! given back at ReadyForQuery 'I' once nothing the client sent is still unanswered.
 
 use std::io;
+use std::future::Future;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::Interest;
@@ -97,6 +99,8 @@ pub struct Session<'a> {
     shutdown: tokio::sync::watch::Receiver<bool>,
     /// The proxy is stopping: end at the next moment nothing is in flight.
     closing: bool,
+    /// Which side's readiness is looked at first on the next wait (they alternate).
+    server_first: bool,
 }
 
 enum Event {
@@ -136,6 +140,7 @@ impl<'a> Session<'a> {
             cancel,
             shutdown: app.shutdown.subscribe(),
             closing: *app.shutdown.borrow(),
+            server_first: false,
         }
     }
 
@@ -183,16 +188,33 @@ impl<'a> Session<'a> {
                 // only their socket and this task.
                 self.client_in = BytesMut::new();
             }
-            let read_client = self.to_server.len() < bound;
-            let read_server = self.server.is_some() && self.to_client.len() < bound;
+            let wanted = Wanted {
+                read_client: self.to_server.len() < bound,
+                read_server: self.to_client.len() < bound,
+                write_client: !self.to_client.is_empty(),
+                write_server: !self.to_server.is_empty(),
+            };
             let server = self.server.as_ref().map(|s| &s.get().stream);
-            let event = tokio::select! {
-                r = self.client.readable(), if read_client => r.map(|_| Event::ClientReadable),
-                r = readable(server), if read_server => r.map(|_| Event::ServerReadable),
-                r = self.client.writable(), if !self.to_client.is_empty() => r.map(|_| Event::Writable),
-                r = writable(server), if !self.to_server.is_empty() => r.map(|_| Event::Writable),
-                _ = self.shutdown.changed(), if !self.closing => Ok(Event::Shutdown),
-                else => return Err(End::ServerGone),
+            if !wanted.any(server.is_some()) && self.closing {
+                return Err(End::ServerGone);
+            }
+            self.server_first = !self.server_first;
+            let (client, server_first, closing) = (&self.client, self.server_first, self.closing);
+            // Readiness is polled in place rather than through a future per socket and
+            // direction: this wait is where an idle client spends its life, and its
+            // state is part of every client's memory.
+            let event = {
+                let mut shutdown = std::pin::pin!(self.shutdown.changed());
+                std::future::poll_fn(|cx| {
+                    if let Poll::Ready(event) = wanted.poll(cx, client, server, server_first) {
+                        return Poll::Ready(event);
+                    }
+                    match closing {
+                        false => shutdown.as_mut().poll(cx).map(|_| Ok(Event::Shutdown)),
+                        true => Poll::Pending,
+                    }
+                })
+                .await
             };
             match event {
                 Ok(Event::ClientReadable) => {
@@ -599,16 +621,65 @@ fn read_some(stream: &TcpStream, buf: &mut BytesMut, max: usize) -> io::Result<b
     }
 }
 
-async fn readable(stream: Option<&TcpStream>) -> io::Result<()> {
-    match stream {
-        Some(s) => s.readable().await,
-        None => std::future::pending().await,
-    }
+/// Which readiness the relay waits for.
+#[derive(Clone, Copy)]
+struct Wanted {
+    read_client: bool,
+    read_server: bool,
+    write_client: bool,
+    write_server: bool,
 }
 
-async fn writable(stream: Option<&TcpStream>) -> io::Result<()> {
-    match stream {
-        Some(s) => s.writable().await,
-        None => std::future::pending().await,
+impl Wanted {
+    fn any(&self, attached: bool) -> bool {
+        self.read_client
+            || self.write_client
+            || (attached && (self.read_server || self.write_server))
+    }
+
+    /// The first readiness among those wanted; the sides take turns going first so a
+    /// busy one cannot starve the other.
+    fn poll(
+        &self,
+        cx: &mut Context<'_>,
+        client: &TcpStream,
+        server: Option<&TcpStream>,
+        server_first: bool,
+    ) -> Poll<io::Result<Event>> {
+        let poll_server = |cx: &mut Context<'_>| -> Poll<io::Result<Event>> {
+            let Some(server) = server else {
+                return Poll::Pending;
+            };
+            if self.read_server {
+                if let Poll::Ready(r) = server.poll_read_ready(cx) {
+                    return Poll::Ready(r.map(|_| Event::ServerReadable));
+                }
+            }
+            if self.write_server {
+                if let Poll::Ready(r) = server.poll_write_ready(cx) {
+                    return Poll::Ready(r.map(|_| Event::Writable));
+                }
+            }
+            Poll::Pending
+        };
+        if server_first {
+            if let Poll::Ready(event) = poll_server(cx) {
+                return Poll::Ready(event);
+            }
+        }
+        if self.read_client {
+            if let Poll::Ready(r) = client.poll_read_ready(cx) {
+                return Poll::Ready(r.map(|_| Event::ClientReadable));
+            }
+        }
+        if self.write_client {
+            if let Poll::Ready(r) = client.poll_write_ready(cx) {
+                return Poll::Ready(r.map(|_| Event::Writable));
+            }
+        }
+        match server_first {
+            true => Poll::Pending,
+            false => poll_server(cx),
+        }
     }
 }
