@@ -14,7 +14,9 @@ use crate::protocol::startup::CancelKey;
 /// A checked-out server connection. Dropping it without `release` closes the server
 /// connection: a connection in an unknown state is never reused.
 pub struct PooledConn {
-    conn: Option<ServerConn>,
+    /// Boxed once when opened: it moves between pool and clients as a pointer, and a
+    /// client between transactions holds no room for it.
+    conn: Option<Box<ServerConn>>,
     budget: Option<BudgetPermit>,
     _slot: OwnedSemaphorePermit,
     pool: Arc<TenantPool>,
@@ -22,7 +24,7 @@ pub struct PooledConn {
 
 impl PooledConn {
     pub(super) fn new(
-        conn: ServerConn,
+        conn: Box<ServerConn>,
         budget: BudgetPermit,
         slot: OwnedSemaphorePermit,
         pool: Arc<TenantPool>,
@@ -94,7 +96,7 @@ impl Drop for PooledConn {
 /// Closes `conn` in the background and only then gives its budget back, so the host
 /// never holds more sessions than its budget, even for a moment. `cancel_at` cancels
 /// whatever it may still be running first.
-pub(super) fn close_later(conn: ServerConn, budget: BudgetPermit, cancel_at: Option<String>) {
+pub(super) fn close_later(conn: Box<ServerConn>, budget: BudgetPermit, cancel_at: Option<String>) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return; // shutting down: dropping closes the socket
     };

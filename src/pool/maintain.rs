@@ -49,7 +49,7 @@ impl Pools {
                             conn.prepared =
                                 backend::PreparedCache::new(pools.settings.max_prepared_statements);
                             pool.opened(&conn);
-                            pool.give_back(conn, budget);
+                            pool.give_back(Box::new(conn), budget);
                         }
                         Err(e) => {
                             tracing::warn!(tenant = %pool.tenant, error = %e, "cannot warm a server connection")

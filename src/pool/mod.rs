@@ -158,7 +158,7 @@ impl Pools {
         conn.prepared = backend::PreparedCache::new(self.settings.max_prepared_statements);
         pool.opened(&conn);
         tracing::debug!(tenant = %pool.tenant, address = %pool.target.address, "opened server connection");
-        Ok(PooledConn::new(conn, budget, slot, pool.clone()))
+        Ok(PooledConn::new(Box::new(conn), budget, slot, pool.clone()))
     }
 
     /// The pool serving `tenant` on `host` for a client named `client_user`; made on

@@ -13,7 +13,7 @@ use crate::registry::{HostName, TenantName};
 
 /// An idle connection and the host-budget permit it holds while open.
 pub(super) struct Idle {
-    pub(super) conn: ServerConn,
+    pub(super) conn: Box<ServerConn>,
     pub(super) budget: BudgetPermit,
     pub(super) since: Instant,
 }
@@ -107,7 +107,7 @@ impl TenantPool {
         }
     }
 
-    pub(super) fn give_back(&self, conn: ServerConn, budget: BudgetPermit) {
+    pub(super) fn give_back(&self, conn: Box<ServerConn>, budget: BudgetPermit) {
         let turn_over = conn.created.elapsed() >= self.budget.turn;
         if self.retired.load(Ordering::Relaxed) || (turn_over && self.budget.has_waiters()) {
             // Retired, or its turn is over and another tenant waits for room on this
