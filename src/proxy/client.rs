@@ -16,8 +16,8 @@ use super::relay::Session;
 use super::resolve::resolve;
 use crate::app::{App, ClientId};
 use crate::backend::{BackendError, Greeting, CLIENT_PARAMETERS};
-use crate::pool::PooledConn;
 use crate::config::PoolMode;
+use crate::pool::PooledConn;
 use crate::protocol::messages;
 use crate::protocol::startup::SUPPORTED_MINOR;
 
@@ -217,9 +217,6 @@ mod tests {
         let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let task = super::serve(app, stream, addr, ClientId(1));
         let size = std::mem::size_of_val(&task) + std::mem::size_of::<super::Session<'static>>();
-        assert!(
-            size <= 1536,
-            "a client task holds {size} bytes of state"
-        );
+        assert!(size <= 1536, "a client task holds {size} bytes of state");
     }
 }

@@ -6,8 +6,8 @@
 //! transaction mode a server is attached at the first message of a transaction and
 //! given back at ReadyForQuery 'I' once nothing the client sent is still unanswered.
 
-use std::io;
 use std::future::Future;
+use std::io;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
