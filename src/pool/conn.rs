@@ -42,8 +42,8 @@ impl PooledConn {
     }
 
     /// Where to send a CancelRequest for what runs on this connection.
-    pub fn cancel_target(&self) -> (String, CancelKey) {
-        (self.pool.target.address.clone(), self.get().key)
+    pub fn cancel_target(&self) -> (Arc<str>, CancelKey) {
+        (self.pool.address.clone(), self.get().key)
     }
 
     pub fn get(&self) -> &ServerConn {

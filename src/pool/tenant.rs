@@ -22,6 +22,8 @@ pub(super) struct TenantPool {
     pub(super) tenant: TenantName,
     pub(super) host: HostName,
     pub(super) target: BackendTarget,
+    /// `target.address`, shared with the cancel keys of the clients it serves.
+    pub(super) address: Arc<str>,
     pub(super) size: usize,
     pub(super) min_idle: usize,
     /// One permit per connection a client may hold; FIFO, so waiters are served in order.
@@ -54,6 +56,7 @@ impl TenantPool {
         Arc::new(TenantPool {
             tenant,
             host,
+            address: target.address.as_str().into(),
             target,
             size,
             min_idle: min_idle.min(size),

@@ -2,14 +2,14 @@
 //! server, the key maps to that server's address and key, and a CancelRequest is
 //! forwarded there. A request that matches nothing is dropped, as PostgreSQL does.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use dashmap::DashMap;
 
 use crate::protocol::startup::CancelKey;
 
-/// Where a client's query runs now, if anywhere.
-type Target = Arc<Mutex<Option<(String, CancelKey)>>>;
+/// Where a client's query runs now, if anywhere: the server's address and key.
+pub type Target = Option<(Arc<str>, CancelKey)>;
 
 struct Entry {
     secret: i32,
@@ -21,17 +21,16 @@ pub struct Cancels {
     by_pid: DashMap<i32, Entry>,
 }
 
-/// A client's registration; dropping it unregisters the key.
+/// A client's registration; dropping it unregisters the key. The target lives in the
+/// map itself: a client holds no allocation of its own for it.
 pub struct CancelHandle {
     key: CancelKey,
-    target: Target,
     cancels: Arc<Cancels>,
 }
 
 impl Cancels {
     /// A fresh key for a client, unique among the clients of this proxy.
     pub fn register(self: &Arc<Self>) -> CancelHandle {
-        let target = Target::default();
         loop {
             let key = CancelKey {
                 pid: rand::random::<i32>() & i32::MAX,
@@ -40,11 +39,10 @@ impl Cancels {
             if let dashmap::Entry::Vacant(slot) = self.by_pid.entry(key.pid) {
                 slot.insert(Entry {
                     secret: key.secret,
-                    target: target.clone(),
+                    target: None,
                 });
                 return CancelHandle {
                     key,
-                    target,
                     cancels: self.clone(),
                 };
             }
@@ -54,7 +52,7 @@ impl Cancels {
     /// Forwards a client's CancelRequest to the server running its query.
     pub async fn cancel(&self, key: CancelKey) {
         let target = match self.by_pid.get(&key.pid) {
-            Some(entry) if entry.secret == key.secret => entry.target.lock().unwrap().clone(),
+            Some(entry) if entry.secret == key.secret => entry.target.clone(),
             _ => {
                 tracing::debug!(pid = key.pid, "cancel request matches no client");
                 return;
@@ -84,8 +82,10 @@ impl CancelHandle {
     }
 
     /// Records the server the client's queries now go to (`None` when detached).
-    pub fn set_server(&self, server: Option<(String, CancelKey)>) {
-        *self.target.lock().unwrap() = server;
+    pub fn set_server(&self, server: Target) {
+        if let Some(mut entry) = self.cancels.by_pid.get_mut(&self.key.pid) {
+            entry.target = server;
+        }
     }
 }
 
