@@ -252,30 +252,20 @@ impl ServerConn {
     /// initial values, and settings another client had applied here are reset, so
     /// one client's settings never reach another.
     pub async fn sync_params(&mut self, wanted: &[(String, String)]) -> Result<bool, BackendError> {
-        let unasked = self
-            .initial
-            .iter()
-            .filter(|(name, _)| !wanted.iter().any(|(n, _)| n == name));
-        let mut calls = Vec::new();
-        for (name, value) in wanted.iter().chain(unasked) {
-            let current = self.params.get(name).or_else(|| self.applied.get(name));
-            if current != Some(value) {
-                calls.push(format!(
+        if self.params_match(wanted) {
+            return Ok(false);
+        }
+        let calls: Vec<String> = self
+            .differing(wanted)
+            .map(|(name, value)| {
+                format!(
                     "pg_catalog.set_config({}, {}, false)",
                     literal(name),
                     literal(value)
-                ));
-            }
-        }
-        let stale: Vec<String> = self
-            .applied
-            .keys()
-            .filter(|name| !wanted.iter().any(|(n, _)| n == *name))
-            .cloned()
+                )
+            })
             .collect();
-        if calls.is_empty() && stale.is_empty() {
-            return Ok(false);
-        }
+        let stale: Vec<String> = self.stale(wanted).cloned().collect();
         let mut statements = Vec::new();
         if !calls.is_empty() {
             statements.push(format!("SELECT {}", calls.join(", ")));
@@ -296,6 +286,36 @@ impl ServerConn {
             }
         }
         Ok(true)
+    }
+}
+
+impl ServerConn {
+    /// Whether the server's settings are already what a client asks for (see
+    /// `sync_params`): nothing to send.
+    pub fn params_match(&self, wanted: &[(String, String)]) -> bool {
+        self.differing(wanted).next().is_none() && self.stale(wanted).next().is_none()
+    }
+
+    /// The wanted settings (and, for reported parameters not asked for, the initial
+    /// values) this server does not have now.
+    fn differing<'a>(
+        &'a self,
+        wanted: &'a [(String, String)],
+    ) -> impl Iterator<Item = &'a (String, String)> + 'a {
+        let unasked = self
+            .initial
+            .iter()
+            .filter(|(name, _)| !wanted.iter().any(|(n, _)| n == name));
+        wanted.iter().chain(unasked).filter(|(name, value)| {
+            self.params.get(name).or_else(|| self.applied.get(name)) != Some(value)
+        })
+    }
+
+    /// Settings another client applied here that this one did not ask for.
+    fn stale<'a>(&'a self, wanted: &'a [(String, String)]) -> impl Iterator<Item = &'a String> + 'a {
+        self.applied
+            .keys()
+            .filter(|name| !wanted.iter().any(|(n, _)| n == *name))
     }
 }
 

@@ -79,6 +79,20 @@ impl Pools {
         }
     }
 
+    /// An idle connection that is still alive, if one can be had without waiting:
+    /// the common case of a transaction-mode client, served without a future.
+    pub fn try_checkout(&self, handle: &PoolHandle) -> Option<PooledConn> {
+        let pool = &handle.0;
+        let slot = pool.slots.clone().try_acquire_owned().ok()?;
+        while let Some(idle) = pool.take_idle() {
+            if conn::is_alive(&idle.conn) {
+                return Some(PooledConn::new(idle.conn, idle.budget, slot, pool.clone()));
+            }
+            tracing::debug!(tenant = %pool.tenant, "dropping a server connection that died while idle");
+        }
+        None
+    }
+
     /// A server connection for `tenant` as `user`: an idle one that is still alive, or
     /// a new one within the tenant's pool size and the host's budget.
     pub async fn checkout(&self, handle: &PoolHandle) -> Result<PooledConn, PoolError> {

@@ -1,5 +1,5 @@
 //! Bytes queued towards one peer: whole frames as shared `Bytes`, written with one
-//! vectored write per batch, never copied.
+//! write (vectored when there are several chunks) per batch, never copied.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -36,20 +36,25 @@ impl Outbox {
     /// rest queued for the next writable event.
     pub fn flush_now(&mut self, stream: &TcpStream) -> io::Result<()> {
         while !self.is_empty() {
-            // On the stack: a flush allocates nothing.
-            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-            let mut n = 0;
-            for (slot, chunk) in slices.iter_mut().zip(&self.chunks) {
-                *slot = IoSlice::new(chunk);
-                n += 1;
-            }
-            let written = match stream.try_write_vectored(&slices[..n]) {
+            let result = if self.chunks.len() == 1 {
+                // One chunk (the usual batch): a plain send.
+                stream.try_write(&self.chunks[0])
+            } else {
+                // On the stack: a flush allocates nothing.
+                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                let mut n = 0;
+                for (slot, chunk) in slices.iter_mut().zip(&self.chunks) {
+                    *slot = IoSlice::new(chunk);
+                    n += 1;
+                }
+                stream.try_write_vectored(&slices[..n])
+            };
+            match result {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => n,
+                Ok(written) => self.consume(written),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(e),
-            };
-            self.consume(written);
+            }
         }
         Ok(())
     }

@@ -306,7 +306,9 @@ impl<'a> Session<'a> {
                     self.client_in.advance(len);
                     continue;
                 }
-                Box::pin(self.attach()).await?;
+                if !self.attach_now()? {
+                    Box::pin(self.attach()).await?;
+                }
             }
             if transaction_mode {
                 let body = &self.client_in[ready + HEADER_LEN..ready + len];
@@ -446,6 +448,24 @@ impl<'a> Session<'a> {
             self.detach();
         }
         Ok(())
+    }
+
+    /// Transaction mode: attaches an idle server that already carries this client's
+    /// settings, if there is one; the usual case, done without awaiting anything.
+    fn attach_now(&mut self) -> Result<bool, End> {
+        let pool = self.current_pool()?;
+        let Some(server) = self.app.pools.try_checkout(&pool) else {
+            return Ok(false);
+        };
+        if !server.get().params_match(&self.settings) {
+            // Settings to apply: the slow path does it (dropping `server` would close
+            // it, so it goes back as it came).
+            server.give_back_idle();
+            return Ok(false);
+        }
+        self.cancel.set_server(Some(server.cancel_target()));
+        self.server = Some(server);
+        Ok(true)
     }
 
     /// Transaction mode: a server for the next transaction, carrying this client's
