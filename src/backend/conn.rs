@@ -84,6 +84,9 @@ pub struct ServerConn {
     /// Statements the proxy prepared here for transaction-mode clients.
     pub prepared: PreparedCache,
     pub created: Instant,
+    /// When startup finished and the connection could serve its tenant: its host turn
+    /// counts from here (opening one can take long on a busy server).
+    pub ready_at: Instant,
     pub last_used: Instant,
 }
 
@@ -106,6 +109,7 @@ impl ServerConn {
             status: b'I',
             prepared: PreparedCache::new(DEFAULT_PREPARED_CAPACITY),
             created: now,
+            ready_at: now,
             last_used: now,
         }
     }

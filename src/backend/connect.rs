@@ -128,6 +128,7 @@ async fn open(target: &BackendTarget, max_message: usize) -> Result<ServerConn, 
     let mut conn = ServerConn::new(stream, buf, max_message, CancelKey { pid: 0, secret: 0 });
     conn.read_until_ready(true).await?;
     conn.remember_initial_params();
+    conn.ready_at = Instant::now();
     conn.last_used = Instant::now();
     Ok(conn)
 }

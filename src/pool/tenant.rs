@@ -89,7 +89,7 @@ impl TenantPool {
     /// a turn, or has sat unused for one.
     fn turn_over(&self, idle: &Idle) -> bool {
         let turn = self.budget.turn;
-        idle.since.elapsed() >= turn || idle.conn.created.elapsed() >= turn
+        idle.since.elapsed() >= turn || idle.conn.ready_at.elapsed() >= turn
     }
 
     pub(super) fn oldest_evictable_idle(&self) -> Option<Instant> {
@@ -111,7 +111,7 @@ impl TenantPool {
     }
 
     pub(super) fn give_back(&self, conn: Box<ServerConn>, budget: BudgetPermit) {
-        let turn_over = conn.created.elapsed() >= self.budget.turn;
+        let turn_over = conn.ready_at.elapsed() >= self.budget.turn;
         if self.retired.load(Ordering::Relaxed) || (turn_over && self.budget.has_waiters()) {
             // Retired, or its turn is over and another tenant waits for room on this
             // host: close this connection and let its permit go back (to them).
