@@ -211,6 +211,20 @@ async fn transaction_mode_greets_without_a_server_once_the_pool_knows_one() {
     assert_eq!(reported(&params, "application_name"), Some("quick"));
     assert!(reported(&params, "server_version").is_some(), "{params:?}");
     assert_eq!(reported(&params, "DateStyle"), Some("ISO, MDY"));
+    // Another tenant in the same database as the same role is greeted the same way,
+    // without opening a server connection of its own.
+    let mut other = Raw::connect(env.addr()).await;
+    other
+        .send(&startup_packet(
+            PROTOCOL_3_0,
+            &[("user", "app"), ("database", "globex")],
+        ))
+        .await;
+    let replies = other.read_until_ready().await;
+    assert!(replies.iter().any(|m| m.tag == b'S'), "{replies:?}");
+    assert_eq!(env.backends("pg-a", "erp").await, 1);
+    let items = run(&mut other, &query_message("SELECT count(*) FROM items"), false).await;
+    assert!(items.iter().any(|m| m.tag == b'D'), "{items:?}");
     // A setting the server would spell differently needs a server to ask: this one
     // waits for the pool and gives up after checkout_timeout.
     let mut raw = Raw::connect(env.addr()).await;

@@ -133,9 +133,12 @@ impl ServerConn {
     /// What this connection told the proxy when it opened.
     pub fn greeting(&self) -> Greeting {
         Greeting {
+            // search_path is the tenant's own (reported by newer servers): a greeting
+            // may serve other tenants of the same database.
             params: self
                 .params
                 .iter()
+                .filter(|(n, _)| n.as_str() != "search_path")
                 .map(|(n, v)| (n.clone(), v.clone()))
                 .collect(),
             initial: self.initial.clone(),

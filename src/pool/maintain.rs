@@ -64,6 +64,9 @@ impl Pools {
         self.pools.retain(|_, pool| {
             Arc::strong_count(pool) > 1 || !pool.is_empty() || pool.warm_deficit(idle_timeout) > 0
         });
+        // Greetings no pool uses any more go with their last pool.
+        self.greetings
+            .retain(|_, greeting| Arc::strong_count(greeting) > 1);
     }
 }
 

@@ -67,6 +67,8 @@ pub struct Pools {
     max_message: usize,
     pools: DashMap<PoolKey, Arc<TenantPool>>,
     hosts: DashMap<String, Arc<HostBudget>>,
+    /// By (address, database, role): what a fresh server session there reports.
+    greetings: DashMap<(String, String, String), Arc<tenant::GreetingSlot>>,
 }
 
 impl Pools {
@@ -76,6 +78,7 @@ impl Pools {
             max_message,
             pools: DashMap::new(),
             hosts: DashMap::new(),
+            greetings: DashMap::new(),
         }
     }
 
@@ -208,6 +211,17 @@ impl Pools {
             }
         }
         let budget = self.budget_for(host);
+        // Tenants in one database as one role (schema per tenant) get the same
+        // greeting: the first client of each new pool need not wait for a server.
+        let greeting = self
+            .greetings
+            .entry((
+                target.address.clone(),
+                target.database.clone(),
+                target.user.clone(),
+            ))
+            .or_default()
+            .clone();
         let new_pool = || {
             TenantPool::new(
                 tenant.name.clone(),
@@ -216,6 +230,7 @@ impl Pools {
                 size,
                 min_idle,
                 budget.clone(),
+                greeting.clone(),
             )
         };
         let mut entry = self.pools.entry(key).or_insert_with(new_pool);

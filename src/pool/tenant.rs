@@ -11,6 +11,9 @@ use super::conn::close_later;
 use crate::backend::{BackendTarget, Greeting, ServerConn};
 use crate::registry::{HostName, TenantName};
 
+/// The greeting of one (host, database, role): the same for each tenant there.
+pub(super) type GreetingSlot = Mutex<Option<Arc<Greeting>>>;
+
 /// An idle connection and the host-budget permit it holds while open.
 pub(super) struct Idle {
     pub(super) conn: Box<ServerConn>,
@@ -40,8 +43,9 @@ pub(super) struct TenantPool {
     pub(super) warming: std::sync::atomic::AtomicUsize,
     /// Set when the registry changed this tenant's target: its connections close.
     retired: AtomicBool,
-    /// What the newest server connection said when it opened.
-    greeting: Mutex<Option<Arc<Greeting>>>,
+    /// What the newest server connection said when it opened; shared by the pools
+    /// that connect to the same host, database and role (`Pools::pool`).
+    greeting: Arc<GreetingSlot>,
 }
 
 impl TenantPool {
@@ -52,6 +56,7 @@ impl TenantPool {
         size: usize,
         min_idle: usize,
         budget: Arc<HostBudget>,
+        greeting: Arc<GreetingSlot>,
     ) -> Arc<TenantPool> {
         Arc::new(TenantPool {
             tenant,
@@ -67,7 +72,7 @@ impl TenantPool {
             last_active: Mutex::new(Instant::now()),
             warming: std::sync::atomic::AtomicUsize::new(0),
             retired: AtomicBool::new(false),
-            greeting: Mutex::new(None),
+            greeting,
         })
     }
 
