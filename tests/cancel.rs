@@ -61,15 +61,8 @@ async fn a_cancel_with_the_wrong_secret_is_ignored() {
     let env = EnvBuilder::erp().start().await;
     let client = env.connect("app", "acme").await;
     // Read the client's key from a raw session, then send a cancel with a wrong secret.
-    let mut raw = Raw::connect(env.addr()).await;
-    raw.send(&startup_packet(
-        PROTOCOL_3_0,
-        &[("user", "app"), ("database", "acme")],
-    ))
-    .await;
-    let key = raw
-        .read_until_ready()
-        .await
+    let (mut raw, replies) = Raw::login(env.addr(), &[("user", "app"), ("database", "acme")]).await;
+    let key = replies
         .into_iter()
         .find(|m| m.tag == b'K')
         .expect("BackendKeyData");

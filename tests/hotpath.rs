@@ -148,13 +148,7 @@ async fn a_client_that_stops_reading_does_not_make_the_proxy_buffer() {
     let baseline = proxy.rss_kib();
 
     // ~200 MB of result rows to a client that never reads them.
-    let mut raw = Raw::connect(format!("127.0.0.1:{}", proxy.port).parse().unwrap()).await;
-    raw.send(&startup_packet(
-        PROTOCOL_3_0,
-        &[("user", "app"), ("database", "acme")],
-    ))
-    .await;
-    raw.read_until_ready().await;
+    let mut raw = Raw::acme(format!("127.0.0.1:{}", proxy.port).parse().unwrap()).await;
     raw.send(&query_message(
         "SELECT repeat('x', 1000) FROM generate_series(1, 200000)",
     ))

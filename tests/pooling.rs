@@ -251,13 +251,7 @@ async fn each_client_keeps_its_settings_across_switches() {
 
 /// Sends a transaction that takes a lock, then drops the socket without Terminate.
 async fn abandon_transaction(env: &Env) {
-    let mut raw = Raw::connect(env.addr()).await;
-    raw.send(&startup_packet(
-        PROTOCOL_3_0,
-        &[("user", "app"), ("database", "acme")],
-    ))
-    .await;
-    raw.read_until_ready().await;
+    let mut raw = Raw::acme(env.addr()).await;
     raw.send(&query_message(
         "BEGIN; UPDATE items SET name = 'locked' WHERE id = 1; SELECT pg_advisory_xact_lock(42);",
     ))

@@ -43,17 +43,6 @@ fn sync() -> Vec<u8> {
     message(b'S', &[])
 }
 
-async fn raw_client(env: &Env) -> Raw {
-    let mut raw = Raw::connect(env.addr()).await;
-    raw.send(&startup_packet(
-        PROTOCOL_3_0,
-        &[("user", "app"), ("database", "acme")],
-    ))
-    .await;
-    raw.read_until_ready().await;
-    raw
-}
-
 /// Runs `bytes` (ending in Sync or a simple query) and returns the replies; panics
 /// on an ErrorResponse unless `may_fail`.
 async fn run(raw: &mut Raw, bytes: &[u8], may_fail: bool) -> Vec<Msg> {
@@ -76,8 +65,8 @@ async fn show(raw: &mut Raw, name: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_changed_by_any_protocol_follow_the_client_and_only_it() {
     let env = txn_env(1).start().await;
-    let mut client = raw_client(&env).await;
-    let mut other = raw_client(&env).await;
+    let mut client = Raw::acme(env.addr()).await;
+    let mut other = Raw::acme(env.addr()).await;
 
     // The unnamed statement, as pgjdbc sends `SET extra_float_digits = 3`.
     let set = [unnamed_extended("SET extra_float_digits = 3"), sync()].concat();
@@ -170,11 +159,9 @@ async fn a_changed_role_or_a_set_among_statements_pins_the_client() {
 
 /// ParameterStatus values of a startup as a raw client sees them.
 async fn greeting(env: &Env, params: &[(&str, &str)]) -> (Raw, Vec<(String, String)>) {
-    let mut raw = Raw::connect(env.addr()).await;
     let mut all = vec![("user", "app"), ("database", "acme")];
     all.extend_from_slice(params);
-    raw.send(&startup_packet(PROTOCOL_3_0, &all)).await;
-    let replies = raw.read_until_ready().await;
+    let (raw, replies) = Raw::login(env.addr(), &all).await;
     let reported = replies
         .iter()
         .filter(|m| m.tag == b'S')
@@ -213,17 +200,16 @@ async fn transaction_mode_greets_without_a_server_once_the_pool_knows_one() {
     assert_eq!(reported(&params, "DateStyle"), Some("ISO, MDY"));
     // Another tenant in the same database as the same role is greeted the same way,
     // without opening a server connection of its own.
-    let mut other = Raw::connect(env.addr()).await;
-    other
-        .send(&startup_packet(
-            PROTOCOL_3_0,
-            &[("user", "app"), ("database", "globex")],
-        ))
-        .await;
-    let replies = other.read_until_ready().await;
+    let (mut other, replies) =
+        Raw::login(env.addr(), &[("user", "app"), ("database", "globex")]).await;
     assert!(replies.iter().any(|m| m.tag == b'S'), "{replies:?}");
     assert_eq!(env.backends("pg-a", "erp").await, 1);
-    let items = run(&mut other, &query_message("SELECT count(*) FROM items"), false).await;
+    let items = run(
+        &mut other,
+        &query_message("SELECT count(*) FROM items"),
+        false,
+    )
+    .await;
     assert!(items.iter().any(|m| m.tag == b'D'), "{items:?}");
     // A setting the server would spell differently needs a server to ask: this one
     // waits for the pool and gives up after checkout_timeout.

@@ -7,25 +7,14 @@ use std::time::Duration;
 
 use common::*;
 
-async fn raw_session(env: &Env) -> Raw {
-    let mut raw = Raw::connect(env.addr()).await;
-    raw.send(&startup_packet(
-        PROTOCOL_3_0,
-        &[("user", "app"), ("database", "acme")],
-    ))
-    .await;
-    raw.read_until_ready().await;
-    raw
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_lets_transactions_finish_then_says_why() {
     let mut env = EnvBuilder::erp()
         .settings("[proxy]\nshutdown_timeout = \"10s\"\n")
         .start()
         .await;
-    let mut idle = raw_session(&env).await;
-    let mut busy = raw_session(&env).await;
+    let mut idle = Raw::acme(env.addr()).await;
+    let mut busy = Raw::acme(env.addr()).await;
     busy.send(&query_message(
         "BEGIN; UPDATE items SET name = name WHERE id = 1",
     ))

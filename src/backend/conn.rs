@@ -319,7 +319,10 @@ impl ServerConn {
     }
 
     /// Settings another client applied here that this one did not ask for.
-    fn stale<'a>(&'a self, wanted: &'a [(String, String)]) -> impl Iterator<Item = &'a String> + 'a {
+    fn stale<'a>(
+        &'a self,
+        wanted: &'a [(String, String)],
+    ) -> impl Iterator<Item = &'a String> + 'a {
         self.applied
             .keys()
             .filter(|name| !wanted.iter().any(|(n, _)| n == *name))

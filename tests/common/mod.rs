@@ -664,6 +664,22 @@ impl Raw {
         }
     }
 
+    /// Connects and completes a 3.0 startup with `params` (user, database, …); returns
+    /// the client and the startup replies up to ReadyForQuery.
+    pub async fn login(addr: SocketAddr, params: &[(&str, &str)]) -> (Raw, Vec<Msg>) {
+        let mut raw = Raw::connect(addr).await;
+        raw.send(&startup_packet(PROTOCOL_3_0, params)).await;
+        let replies = raw.read_until_ready().await;
+        (raw, replies)
+    }
+
+    /// `login` as user `app` to tenant acme, the replies dropped.
+    pub async fn acme(addr: SocketAddr) -> Raw {
+        Raw::login(addr, &[("user", "app"), ("database", "acme")])
+            .await
+            .0
+    }
+
     pub async fn send(&mut self, bytes: &[u8]) {
         self.stream
             .write_all(bytes)
