@@ -32,6 +32,13 @@ impl Outbox {
         self.len == 0
     }
 
+    /// Gives the queue's memory back while nothing is queued (an idle client).
+    pub fn release(&mut self) {
+        if self.chunks.is_empty() && self.chunks.capacity() > 0 {
+            self.chunks = VecDeque::new();
+        }
+    }
+
     /// Writes what the socket takes now, without waiting. Partial writes leave the
     /// rest queued for the next writable event.
     pub fn flush_now(&mut self, stream: &TcpStream) -> io::Result<()> {
@@ -90,5 +97,16 @@ mod tests {
         assert_eq!(&outbox.chunks[0][..], b"efg");
         outbox.consume(3);
         assert!(outbox.is_empty());
+    }
+
+    #[test]
+    fn an_empty_outbox_gives_its_memory_back() {
+        let mut outbox = Outbox::default();
+        outbox.push(Bytes::from_static(b"abc"));
+        outbox.release();
+        assert!(outbox.chunks.capacity() > 0, "kept while something is queued");
+        outbox.consume(3);
+        outbox.release();
+        assert_eq!(outbox.chunks.capacity(), 0);
     }
 }

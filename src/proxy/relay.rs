@@ -187,6 +187,9 @@ impl<'a> Session<'a> {
                 // Between transactions a client holds no buffer: idle clients cost
                 // only their socket and this task.
                 self.client_in = BytesMut::new();
+                self.to_client.release();
+                self.to_server.release();
+                self.txn.release();
             }
             let wanted = Wanted {
                 read_client: self.to_server.len() < bound,

@@ -159,6 +159,13 @@ impl Txn {
         self.queue.is_empty()
     }
 
+    /// Gives the request queue's memory back while nothing is in flight.
+    pub fn release(&mut self) {
+        if self.queue.is_empty() && self.queue.capacity() > 0 {
+            self.queue = VecDeque::new();
+        }
+    }
+
     /// State for a transaction-mode client, whose session settings must follow it.
     pub fn following_settings() -> Txn {
         Txn {
