@@ -13,6 +13,7 @@ mod refusal;
 mod relay;
 mod resolve;
 pub mod txn;
+mod wait;
 
 pub use listener::accept_loop;
 pub use resolve::{resolve, ResolveError, Resolved};

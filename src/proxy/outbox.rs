@@ -104,7 +104,10 @@ mod tests {
         let mut outbox = Outbox::default();
         outbox.push(Bytes::from_static(b"abc"));
         outbox.release();
-        assert!(outbox.chunks.capacity() > 0, "kept while something is queued");
+        assert!(
+            outbox.chunks.capacity() > 0,
+            "kept while something is queued"
+        );
         outbox.consume(3);
         outbox.release();
         assert_eq!(outbox.chunks.capacity(), 0);
