@@ -294,9 +294,7 @@ impl ServerConn {
         }
         Ok(true)
     }
-}
 
-impl ServerConn {
     /// Whether the server's settings are already what a client asks for (see
     /// `sync_params`): nothing to send.
     pub fn params_match(&self, wanted: &[(String, String)]) -> bool {

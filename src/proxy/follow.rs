@@ -42,23 +42,18 @@ impl Follow {
         }
     }
 
-    /// A Bind went to the server. `named`: the change of the named statement bound,
-    /// `None` for the unnamed statement.
-    pub fn bound(&mut self, portal: &[u8], named: Option<Option<&SettingChange>>) {
-        let Some(state) = self.state.as_deref_mut() else {
-            if let Some(Some(change)) = named {
-                let change = change.clone();
-                self.state().portals.push((portal.into(), change));
-            }
-            return;
-        };
-        state.portals.retain(|(name, _)| &name[..] != portal);
-        let change = match named {
-            Some(change) => change.cloned(),
-            None => state.unnamed_statement.clone(),
-        };
+    /// The change the unnamed statement makes, for a Bind of it.
+    pub fn unnamed_statement(&self) -> Option<SettingChange> {
+        self.state.as_deref()?.unnamed_statement.clone()
+    }
+
+    /// A Bind of a statement making `change` (if any) to `portal` went to the server.
+    pub fn bound(&mut self, portal: &[u8], change: Option<SettingChange>) {
+        if let Some(state) = self.state.as_deref_mut() {
+            state.portals.retain(|(name, _)| &name[..] != portal);
+        }
         if let Some(change) = change {
-            state.portals.push((portal.into(), change));
+            self.state().portals.push((portal.into(), change));
         }
     }
 
@@ -163,15 +158,15 @@ mod tests {
     fn portals_carry_the_change_of_their_statement() {
         let mut follow = Follow::default();
         follow.parsed_unnamed(Some(set("a", "1")));
-        follow.bound(b"", None);
+        follow.bound(b"", follow.unnamed_statement());
         assert_eq!(follow.executing(b""), Some(Box::new(set("a", "1"))));
         // A plain statement replaces it.
         follow.parsed_unnamed(None);
-        follow.bound(b"", None);
+        follow.bound(b"", follow.unnamed_statement());
         assert_eq!(follow.executing(b""), None);
         // A named statement's change goes to a named portal.
         let change = set("b", "2");
-        follow.bound(b"p1", Some(Some(&change)));
+        follow.bound(b"p1", Some(change.clone()));
         assert_eq!(follow.executing(b"p1"), Some(Box::new(change)));
         follow.ready(b'I');
         assert_eq!(follow.executing(b"p1"), None);

@@ -299,8 +299,13 @@ impl<'a> Session<'a> {
                     self.client_in.advance(len);
                     continue;
                 }
-                if !self.attach_now()? {
-                    Box::pin(self.attach()).await?;
+                let pool = self.current_pool()?;
+                match self.app.pools.try_checkout(&pool) {
+                    // The usual case, done without awaiting anything.
+                    Some(server) if server.get().params_match(&self.settings) => {
+                        self.attach(server)
+                    }
+                    ready => Box::pin(self.checkout_and_attach(pool, ready)).await?,
                 }
             }
             if transaction_mode {
@@ -443,42 +448,34 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// Transaction mode: attaches an idle server that already carries this client's
-    /// settings, if there is one; the usual case, done without awaiting anything.
-    fn attach_now(&mut self) -> Result<bool, End> {
-        let pool = self.current_pool()?;
-        let Some(server) = self.app.pools.try_checkout(&pool) else {
-            return Ok(false);
-        };
-        if !server.get().params_match(&self.settings) {
-            // Settings to apply: the slow path does it (dropping `server` would close
-            // it, so it goes back as it came).
-            server.give_back_idle();
-            return Ok(false);
-        }
-        self.cancel.set_server(Some(server.cancel_target()));
-        self.server = Some(server);
-        Ok(true)
-    }
-
     /// Transaction mode: a server for the next transaction, carrying this client's
-    /// settings.
-    async fn attach(&mut self) -> Result<(), End> {
-        let pool = self.current_pool()?;
-        let mut server = self
-            .app
-            .pools
-            .checkout(&pool)
-            .await
-            .map_err(|e| End::Pool(Box::new(e)))?;
+    /// settings: `ready` if the pool had one idle, else one checked out now.
+    async fn checkout_and_attach(
+        &mut self,
+        pool: PoolHandle,
+        ready: Option<PooledConn>,
+    ) -> Result<(), End> {
+        let mut server = match ready {
+            Some(server) => server,
+            None => self
+                .app
+                .pools
+                .checkout(&pool)
+                .await
+                .map_err(|e| End::Pool(Box::new(e)))?,
+        };
         server
             .conn()
             .sync_params(&self.settings)
             .await
             .map_err(End::Backend)?;
+        self.attach(server);
+        Ok(())
+    }
+
+    fn attach(&mut self, server: PooledConn) {
         self.cancel.set_server(Some(server.cancel_target()));
         self.server = Some(server);
-        Ok(())
     }
 
     /// Transaction mode: gives the idle server back to the pool.

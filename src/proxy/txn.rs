@@ -197,7 +197,8 @@ impl Txn {
             }
             b'B' => {
                 if let Some((portal, _)) = first {
-                    self.follow.bound(portal, None);
+                    let change = self.follow.unnamed_statement();
+                    self.follow.bound(portal, change);
                 }
                 self.sent(tag);
             }
@@ -321,9 +322,7 @@ impl Txn {
                     return self.pass(tag, body, out);
                 };
                 self.ensure_prepared(server, &statement, out);
-                if self.follows_settings {
-                    self.follow.bound(portal, Some(statement.setting.as_ref()));
-                }
+                self.follow.bound(portal, statement.setting.clone());
                 out.push(frame(b'B', |b| {
                     b.put_slice(portal);
                     b.put_u8(0);
