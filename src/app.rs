@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::config::Settings;
 use crate::pool::Pools;
 use crate::proxy::cancel::Cancels;
+use crate::proxy::park::Lot;
 use crate::proxy::txn::Statements;
 use crate::registry::Registry;
 
@@ -32,6 +33,8 @@ pub struct App {
     next_client: AtomicU64,
     /// Clients connected now.
     pub clients: AtomicUsize,
+    /// Idle transaction-mode clients waiting without a task.
+    pub parking: Arc<Lot>,
     /// Turns true when the proxy is stopping: sessions end at their next idle moment.
     pub shutdown: tokio::sync::watch::Sender<bool>,
 }
@@ -50,6 +53,7 @@ impl App {
             cancels: Arc::default(),
             next_client: AtomicU64::new(1),
             clients: AtomicUsize::new(0),
+            parking: Arc::new(Lot::new()),
             shutdown: tokio::sync::watch::Sender::new(false),
         })
     }

@@ -67,6 +67,10 @@ pub struct ProxySettings {
     /// How long a stopping proxy waits for clients to finish their transactions.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// A transaction-mode client quiet this long between transactions is parked: it
+    /// keeps its socket and settings but no task or buffers. Zero: never.
+    #[serde(with = "humantime_serde")]
+    pub park_after: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -117,6 +121,7 @@ impl Default for ProxySettings {
             relay_buffer: 256 * 1024,
             workers: 1,
             shutdown_timeout: Duration::from_secs(30),
+            park_after: Duration::from_secs(1),
         }
     }
 }

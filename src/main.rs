@@ -10,6 +10,9 @@ use pgtenant::config::Settings;
 use pgtenant::registry::file;
 use pgtenant::Server;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "pgtenant",

@@ -59,6 +59,11 @@ impl Server {
             app.pools.clone(),
             Duration::from_secs(1).min(app.settings.pool.host_turn.max(Duration::from_millis(10))),
         );
+        tokio::spawn(crate::proxy::park::run(
+            app.parking.clone(),
+            Arc::downgrade(&app),
+            app.shutdown.subscribe(),
+        ));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let task = tokio::spawn(crate::proxy::accept_loop(
             app.clone(),

@@ -2,6 +2,7 @@
 //! server → relay. Each phase refuses with its own SQLSTATE.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -11,9 +12,11 @@ use tracing::Instrument;
 
 use super::handshake::{read_startup, Handshake, HandshakeError};
 use super::params::{client_settings, set_setting};
+use super::park::{Carried, Parked};
 use super::refusal::Refusal;
-use super::relay::Session;
+use super::relay::{End, Session};
 use super::resolve::resolve;
+use super::txn::Txn;
 use crate::app::{App, ClientId};
 use crate::backend::{BackendError, Greeting, CLIENT_PARAMETERS};
 use crate::config::PoolMode;
@@ -21,9 +24,36 @@ use crate::pool::PooledConn;
 use crate::protocol::messages;
 use crate::protocol::startup::SUPPORTED_MINOR;
 
-/// Serves one client until it leaves. Never panics on input; every refusal is an
-/// ErrorResponse.
-pub async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, id: ClientId) {
+/// How a client task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// The client is gone.
+    Done,
+    /// The client waits in the parking lot, still connected.
+    Parked,
+}
+
+/// Serves a new client on a task of its own; it counts as connected until it leaves.
+pub fn spawn(app: Arc<App>, stream: TcpStream, peer: SocketAddr, id: ClientId) {
+    tokio::spawn(async move {
+        if serve(app.clone(), stream, peer, id).await == Served::Done {
+            app.clients.fetch_sub(1, Ordering::AcqRel);
+        }
+    });
+}
+
+/// Serves a parked client again on a task of its own.
+pub fn spawn_resumed(app: Arc<App>, parked: Parked) {
+    tokio::spawn(async move {
+        if resume(&app, parked).await == Served::Done {
+            app.clients.fetch_sub(1, Ordering::AcqRel);
+        }
+    });
+}
+
+/// Serves one client until it leaves or parks. Never panics on input; every refusal
+/// is an ErrorResponse.
+pub async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, id: ClientId) -> Served {
     // A debug-level span: at the default level it costs an idle client nothing, and
     // the events below that matter at info level name the client themselves.
     let span = tracing::debug_span!("client", %id, %peer, tenant = tracing::field::Empty, user = tracing::field::Empty);
@@ -31,23 +61,60 @@ pub async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, id: Clien
         let _ = stream.set_nodelay(true);
         // The startup phase is boxed: its state is freed once the relay runs, so a
         // long-lived idle client keeps only the relay's state.
-        let result = match Box::pin(start(&app, stream)).await {
+        let result = match Box::pin(start(&app, stream, id)).await {
             Ok(Some(session)) => relay(session).await,
-            Ok(None) => Ok(()),
+            Ok(None) => Ok(Served::Done),
             Err(refusal) => Err(refusal),
         };
-        if let Err(refusal) = result {
-            tracing::info!(%id, %peer, code = refusal.code.code(), "refused: {}", refusal.message);
-        }
+        log_end(id, peer, result)
     }
     .instrument(span)
     .await
 }
 
+/// Serves a parked client from where it stopped: between transactions, no server.
+async fn resume(app: &App, parked: Parked) -> Served {
+    let Parked { client, carried } = parked;
+    let id = carried.id;
+    let Ok(stream) = TcpStream::from_std(client) else {
+        return Served::Done;
+    };
+    let peer = stream
+        .peer_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let span = tracing::debug_span!("client", %id, %peer, tenant = %carried.resolved.tenant.name, user = %carried.resolved.user);
+    async move {
+        let session = Box::new(Session::new(
+            app,
+            stream,
+            None,
+            PoolMode::Transaction,
+            carried,
+        ));
+        log_end(id, peer, relay(session).await)
+    }
+    .instrument(span)
+    .await
+}
+
+fn log_end(id: ClientId, peer: SocketAddr, result: Result<Served, Refusal>) -> Served {
+    match result {
+        Ok(served) => served,
+        Err(refusal) => {
+            tracing::info!(%id, %peer, code = refusal.code.code(), "refused: {}", refusal.message);
+            Served::Done
+        }
+    }
+}
+
 /// Handshake to ReadyForQuery: a session ready to relay, or `None` when there is
 /// nothing to serve (a cancel request, a client that left). Refusals are written to
 /// the client here; the returned one is for the log.
-async fn start(app: &App, mut stream: TcpStream) -> Result<Option<Box<Session<'_>>>, Refusal> {
+async fn start(
+    app: &App,
+    mut stream: TcpStream,
+    id: ClientId,
+) -> Result<Option<Box<Session<'_>>>, Refusal> {
     let startup = match read_startup(&mut stream, app.settings.proxy.startup_timeout).await {
         Ok(Handshake::Startup(startup)) => startup,
         Ok(Handshake::Cancel(key)) => {
@@ -120,10 +187,19 @@ async fn start(app: &App, mut stream: TcpStream) -> Result<Option<Box<Session<'_
 
     tracing::debug!(?mode, "session started");
     // Boxed: the session lives on the heap once, not copied into each future above it.
-    let mut session = Box::new(Session::new(
-        app, stream, server, mode, resolved, settings, cancel,
-    ));
-    session.remember_pool(snapshot, pool);
+    let txn = match mode {
+        PoolMode::Transaction => Txn::following_settings(),
+        PoolMode::Session => Txn::default(),
+    };
+    let carried = Carried {
+        id,
+        resolved,
+        pool: Some((snapshot, pool)),
+        settings,
+        txn,
+        cancel,
+    };
+    let mut session = Box::new(Session::new(app, stream, server, mode, carried));
     if mode == PoolMode::Transaction {
         // The server was only needed to check the tenant and learn its parameters.
         session.detach();
@@ -175,12 +251,12 @@ fn keep_only_changes(settings: &mut Vec<(String, String)>, initial: &[(String, S
     settings.shrink_to_fit();
 }
 
-/// Relays until the session ends; what ended it, if the client was told, is returned
-/// for the log.
-async fn relay(session: Box<Session<'_>>) -> Result<(), Refusal> {
-    match session.run().await.refusal() {
-        Some(refusal) => Err(refusal),
-        None => Ok(()),
+/// Relays until the session ends or parks; what ended it, if the client was told, is
+/// returned for the log.
+async fn relay(session: Box<Session<'_>>) -> Result<Served, Refusal> {
+    match session.run().await {
+        End::Parked => Ok(Served::Parked),
+        end => end.refusal().map_or(Ok(Served::Done), Err),
     }
 }
 

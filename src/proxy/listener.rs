@@ -44,11 +44,7 @@ pub async fn accept_loop(
             });
             continue;
         }
-        let app = app.clone();
         let id = app.next_client_id();
-        tokio::spawn(async move {
-            super::client::serve(app.clone(), stream, peer, id).await;
-            app.clients.fetch_sub(1, Ordering::AcqRel);
-        });
+        super::client::spawn(app.clone(), stream, peer, id);
     }
 }

@@ -9,6 +9,7 @@ mod handshake;
 mod listener;
 mod outbox;
 mod params;
+pub mod park;
 mod refusal;
 mod relay;
 mod resolve;

@@ -8,21 +8,24 @@
 
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
 use bytes::{Buf, BytesMut};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 use super::cancel::CancelHandle;
 use super::features::{drops_statements, session_feature, SessionFeature, SettingChange};
 use super::outbox::Outbox;
 use super::params::set_setting;
+use super::park::Carried;
 use super::refusal::Refusal;
 use super::resolve::{ResolveError, Resolved};
 use super::txn::{Txn, Verdict};
 use super::wait::{read_some, Event, Wanted};
-use crate::app::App;
+use crate::app::{App, ClientId};
 use crate::backend::{BackendError, ServerConn, CLIENT_PARAMETERS};
 use crate::config::PoolMode;
 use crate::pool::{PoolError, PoolHandle, PooledConn};
@@ -47,13 +50,16 @@ pub enum End {
     Resolve(ResolveError),
     /// The proxy is stopping and the client was between transactions.
     Shutdown,
+    /// Not an end: the client was quiet long enough to wait without a task
+    /// (`park.rs`); the parking lot serves it again when it sends something.
+    Parked,
 }
 
 impl End {
     /// What the client is told, when it is still there to hear it.
     pub fn refusal(&self) -> Option<Refusal> {
         match self {
-            End::ClientLeft | End::ClientGone => None,
+            End::ClientLeft | End::ClientGone | End::Parked => None,
             End::ServerGone => Some(Refusal::new(
                 sqlstate::CONNECTION_FAILURE,
                 "the server connection closed unexpectedly",
@@ -76,6 +82,7 @@ impl End {
 
 pub struct Session<'a> {
     pub app: &'a App,
+    pub id: ClientId,
     pub client: TcpStream,
     pub client_in: BytesMut,
     pub to_client: Outbox,
@@ -84,20 +91,23 @@ pub struct Session<'a> {
     pub mode: PoolMode,
     pub resolved: Resolved,
     /// The pool the client draws from and the registry snapshot it was chosen under.
-    pool: Option<(Arc<Snapshot>, PoolHandle)>,
+    pub(super) pool: Option<(Arc<Snapshot>, PoolHandle)>,
     /// Settings that follow this client from server to server.
     pub settings: Vec<(String, String)>,
     /// Requests in flight, in order, and (transaction mode) statement names.
-    txn: Txn,
+    pub(super) txn: Txn,
     /// Set once the client used a feature that needs its own server.
     pinned: Option<SessionFeature>,
     /// The client's cancel key, pointed at the attached server.
-    cancel: CancelHandle,
+    pub(super) cancel: CancelHandle,
     shutdown: tokio::sync::watch::Receiver<bool>,
     /// The proxy is stopping: end at the next moment nothing is in flight.
     closing: bool,
     /// Which side's readiness is looked at first on the next wait (they alternate).
     server_first: bool,
+    /// Runs while a transaction-mode client is quiet between transactions; when it
+    /// fires the client is parked. Kept and pushed back rather than made anew.
+    park_timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<'a> Session<'a> {
@@ -106,13 +116,20 @@ impl<'a> Session<'a> {
         client: TcpStream,
         server: Option<PooledConn>,
         mode: PoolMode,
-        resolved: Resolved,
-        settings: Vec<(String, String)>,
-        cancel: CancelHandle,
+        carried: Carried,
     ) -> Session<'a> {
+        let Carried {
+            id,
+            resolved,
+            pool,
+            settings,
+            txn,
+            cancel,
+        } = carried;
         cancel.set_server(server.as_ref().map(PooledConn::cancel_target));
         Session {
             app,
+            id,
             client,
             client_in: BytesMut::new(),
             to_client: Outbox::default(),
@@ -120,17 +137,15 @@ impl<'a> Session<'a> {
             to_server: Outbox::default(),
             mode,
             resolved,
-            pool: None,
+            pool,
             settings,
-            txn: match mode {
-                PoolMode::Transaction => Txn::following_settings(),
-                PoolMode::Session => Txn::default(),
-            },
+            txn,
             pinned: None,
             cancel,
             shutdown: app.shutdown.subscribe(),
             closing: *app.shutdown.borrow(),
             server_first: false,
+            park_timer: None,
         }
     }
 
@@ -141,6 +156,12 @@ impl<'a> Session<'a> {
             Ok(()) => End::ClientGone,
             Err(end) => end,
         };
+        if let End::Parked = end {
+            return match self.park() {
+                Ok(()) => End::Parked,
+                Err(_) => End::ClientGone,
+            };
+        }
         if let Some(refusal) = end.refusal() {
             self.to_client.push(refusal.fatal());
             let _ = Box::pin(self.drain_to_client()).await;
@@ -173,13 +194,15 @@ impl<'a> Session<'a> {
             if self.closing && self.at_rest() {
                 return Err(End::Shutdown);
             }
+            let mut may_park = false;
             if self.server.is_none() && self.client_in.is_empty() && self.to_client.is_empty() {
-                // Between transactions a client holds no buffer: idle clients cost
-                // only their socket and this task.
+                // Between transactions a client holds no buffer, and once quiet for
+                // `park_after` not even a task.
                 self.client_in = BytesMut::new();
                 self.to_client.release();
                 self.to_server.release();
                 self.txn.release();
+                may_park = self.arm_park_timer();
             }
             let wanted = Wanted {
                 read_client: self.to_server.len() < bound,
@@ -193,6 +216,7 @@ impl<'a> Session<'a> {
             }
             self.server_first = !self.server_first;
             let (client, server_first, closing) = (&self.client, self.server_first, self.closing);
+            let mut park_timer = self.park_timer.as_mut().filter(|_| may_park);
             // Readiness is polled in place rather than through a future per socket and
             // direction: this wait is where an idle client spends its life, and its
             // state is part of every client's memory.
@@ -201,6 +225,11 @@ impl<'a> Session<'a> {
                 std::future::poll_fn(|cx| {
                     if let Poll::Ready(event) = wanted.poll(cx, client, server, server_first) {
                         return Poll::Ready(event);
+                    }
+                    if let Some(timer) = park_timer.as_mut() {
+                        if timer.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Ok(Event::Park));
+                        }
                     }
                     match closing {
                         false => shutdown.as_mut().poll(cx).map(|_| Ok(Event::Shutdown)),
@@ -232,9 +261,31 @@ impl<'a> Session<'a> {
                 }
                 Ok(Event::Writable) => {}
                 Ok(Event::Shutdown) => self.closing = true,
+                Ok(Event::Park) => return Err(End::Parked),
                 Err(_) => return Err(End::ClientGone),
             }
         }
+    }
+
+    /// Between transactions: whether this client may park when quiet, with the timer
+    /// that says when (re)started.
+    fn arm_park_timer(&mut self) -> bool {
+        let after = self.app.settings.proxy.park_after;
+        let may_park = self.mode == PoolMode::Transaction
+            && self.pinned.is_none()
+            && self.txn.is_idle()
+            && !self.closing
+            && !after.is_zero()
+            && self.app.parking.accepting();
+        if may_park {
+            let deadline = tokio::time::Instant::now() + after;
+            match self.park_timer.as_mut() {
+                // A later deadline on a running timer is one atomic update.
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.park_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        may_park
     }
 
     /// Nothing in flight in either direction and no transaction open.
@@ -484,10 +535,6 @@ impl<'a> Session<'a> {
         if let Some(server) = self.server.take() {
             server.give_back_idle();
         }
-    }
-
-    pub fn remember_pool(&mut self, snapshot: Arc<Snapshot>, pool: PoolHandle) {
-        self.pool = Some((snapshot, pool));
     }
 
     /// The client's pool under the current registry: the one it has while the

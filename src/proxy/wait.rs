@@ -17,6 +17,8 @@ pub(super) enum Event {
     ServerReadable,
     Writable,
     Shutdown,
+    /// The client was quiet long enough to park.
+    Park,
 }
 
 /// One non-blocking read into `buf`; `false` at end of stream. Keeps room for the
