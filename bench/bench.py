@@ -572,7 +572,7 @@ class Bench:
                 r = {"target": target, "count": count, "warmup_ok": warm["ok"],
                      "rss_before": before}
                 if ready:
-                    time.sleep(2)
+                    time.sleep(3)  # see bench/README.md: clients idle 1 s park
                     r["rss_with_clients"] = rss_bytes(proxy.pid)
                     r.update({k: stats[k] for k in ("connected", "errors", "connect_seconds",
                                                     "first_error")})

@@ -2,6 +2,7 @@
 //! multi-tenant application from its own pool, on its own host, with its own
 //! search_path. See DESIGN in the README for the path of one connection.
 
+pub mod alloc;
 pub mod app;
 pub mod backend;
 pub mod config;

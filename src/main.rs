@@ -10,9 +10,6 @@ use pgtenant::config::Settings;
 use pgtenant::registry::file;
 use pgtenant::Server;
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "pgtenant",

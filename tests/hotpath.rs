@@ -209,3 +209,42 @@ async fn frames_larger_than_the_relay_buffer_pass_both_ways() {
         server.stop().await;
     }
 }
+
+/// Idle transaction-mode clients park: what their tasks held goes back to the system,
+/// so 3,000 of them cost well under the ~2 KiB each an idle task with its session
+/// costs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_idle_clients_hold_little_memory() {
+    let env = EnvBuilder::erp().start().await;
+    let proxy = Proxy::start(&env, "park_after = \"200ms\"").await;
+    let warm = proxy.connect("acme").await;
+    warm.simple_query("SELECT 1").await.unwrap();
+    drop(warm);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = proxy.rss_kib();
+
+    let count = 3_000;
+    let mut clients = Vec::with_capacity(count);
+    for _ in 0..count / 100 {
+        let batch = (0..100).map(|_| async {
+            let client = proxy.connect("acme").await;
+            client.simple_query("SELECT 1").await.unwrap();
+            client
+        });
+        clients.extend(futures_util::future::join_all(batch).await);
+    }
+    let per_client = |rss: u64| rss.saturating_sub(before) as f64 / count as f64;
+    let settled = eventually(Duration::from_secs(10), || async {
+        (per_client(proxy.rss_kib()) <= 1.0).then_some(())
+    })
+    .await;
+    assert!(
+        settled.is_some(),
+        "{count} idle clients hold {:.2} KiB each",
+        per_client(proxy.rss_kib())
+    );
+    // Still connected, and served again.
+    for client in clients.iter().step_by(300) {
+        client.simple_query("SELECT 1").await.unwrap();
+    }
+}

@@ -10,6 +10,7 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -18,6 +19,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
+use tokio::time::Sleep;
 
 use super::cancel::CancelHandle;
 use super::resolve::Resolved;
@@ -25,6 +27,12 @@ use super::txn::Txn;
 use crate::app::{App, ClientId};
 use crate::pool::PoolHandle;
 use crate::registry::Snapshot;
+
+/// Clients parked since freed memory was last given back to the system that make it
+/// worth doing again: each freed ~1.5 KiB.
+const GIVE_BACK_AFTER: usize = 256;
+/// How long parking must pause before that: a burst of clients parks over a moment.
+const SETTLE: Duration = Duration::from_millis(200);
 
 /// What a transaction-mode client carries from one server to the next.
 pub struct Carried {
@@ -66,6 +74,8 @@ struct Slots {
     /// Clients that could not be watched (or came after shutdown): served again at once.
     pending: Vec<Parked>,
     count: usize,
+    /// Clients parked since freed memory was last given back.
+    parked_since_give_back: usize,
 }
 
 impl Lot {
@@ -124,6 +134,11 @@ impl Lot {
         // In the slot before it is watched: data already waiting is reported at once.
         slots.parked[index] = Some(Box::new(parked));
         slots.count += 1;
+        slots.parked_since_give_back += 1;
+        if slots.parked_since_give_back == GIVE_BACK_AFTER {
+            // Enough to be worth giving memory back once this burst settles.
+            self.wake.notify_one();
+        }
         if let Err(e) = registry.register(&mut SourceFd(&fd), Token(index), Interest::READABLE) {
             tracing::warn!(error = %e, "cannot watch a parked client; serving it again");
             if let Some(parked) = slots.take(index) {
@@ -185,6 +200,8 @@ pub async fn run(lot: Arc<Lot>, app: Weak<App>, mut shutdown: tokio::sync::watch
     lot.open.store(!*shutdown.borrow(), Ordering::Relaxed);
     let mut events = Events::with_capacity(256);
     let mut stopping = false;
+    // Armed once enough clients parked; fires when none parked for a while.
+    let mut settle: Option<(Pin<Box<Sleep>>, usize)> = None;
     loop {
         let mut woken = Vec::new();
         tokio::select! {
@@ -204,7 +221,14 @@ pub async fn run(lot: Arc<Lot>, app: Weak<App>, mut shutdown: tokio::sync::watch
                 }
                 woken.extend(events.iter().filter_map(|event| lot.unpark(event.token())));
             }
-            _ = lot.wake.notified() => woken.append(&mut lot.slots().pending),
+            _ = lot.wake.notified() => {
+                let mut slots = lot.slots();
+                woken.append(&mut slots.pending);
+                if settle.is_none() && slots.parked_since_give_back >= GIVE_BACK_AFTER {
+                    let parked = slots.parked_since_give_back;
+                    settle = Some((Box::pin(tokio::time::sleep(SETTLE)), parked));
+                }
+            }
             _ = shutdown.changed(), if !stopping => {
                 stopping = true;
                 let slots = lot.slots();
@@ -212,6 +236,18 @@ pub async fn run(lot: Arc<Lot>, app: Weak<App>, mut shutdown: tokio::sync::watch
                 let tokens: Vec<Token> = (0..slots.parked.len()).map(Token).collect();
                 drop(slots);
                 woken.extend(tokens.into_iter().filter_map(|token| lot.unpark(token)));
+            }
+            _ = async { settle.as_mut().expect("armed").0.as_mut().await }, if settle.is_some() => {
+                let (mut timer, seen) = settle.take().expect("armed");
+                let parked = lot.slots().parked_since_give_back;
+                if parked == seen {
+                    // Settled: what the parked clients' tasks held is all free now.
+                    lot.slots().parked_since_give_back = 0;
+                    crate::alloc::give_back_freed_memory();
+                } else {
+                    timer.as_mut().reset(tokio::time::Instant::now() + SETTLE);
+                    settle = Some((timer, parked));
+                }
             }
         }
         let Some(app) = app.upgrade() else { return };
