@@ -73,11 +73,11 @@ pub async fn run(listen: &str) -> Result<(), DemoError> {
          psql postgres://demo@{addr}/initech -c 'SELECT current_database(), * FROM items'\n  \
          psql postgres://demo@{addr}/hooli      (any name: the template entry, database per tenant)\n  \
          psql postgres://demo.acme@{addr}/postgres   (tenant from the user name suffix)\n\n\
-         Ctrl-C stops the proxy and both clusters and removes {}.",
+         Ctrl-C (or SIGTERM) stops the proxy and both clusters and removes {}.",
         config.display(),
         dir.path().display()
     );
-    let _ = tokio::signal::ctrl_c().await;
+    crate::server::shutdown_signal().await;
     // Stdout may be gone by now (a closed terminal or pipe); stopping goes on.
     let _ = writeln!(std::io::stdout(), "stopping ...");
     server.stop().await;

@@ -83,20 +83,10 @@ fn runtime(workers: usize) -> tokio::runtime::Runtime {
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let server = Server::start(settings).await.context("cannot start")?;
-    shutdown_signal().await;
+    pgtenant::server::shutdown_signal().await;
     tracing::info!("shutting down");
     server.stop().await;
     Ok(())
-}
-
-/// Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }
 
 fn check(config: &std::path::Path) -> ExitCode {
