@@ -178,12 +178,23 @@ def main():
     for r, per in idle_rows:
         if per is not None:
             per_client.setdefault(r["target"], {})[r["count"]] = per
-    if per_client.get("pgtenant") and per_client.get("pgbouncer"):
-        n = max(set(per_client["pgtenant"]) & set(per_client["pgbouncer"]), default=None)
-        if n:
-            headline.append(f"Memory per idle client ({n:,} clients): pgtenant "
-                            f"{per_client['pgtenant'][n] / 1024:.1f} KiB, PgBouncer "
-                            f"{per_client['pgbouncer'][n] / 1024:.1f} KiB.")
+    # What each client beyond the smaller count adds: independent of memory the proxy
+    # held (or gave back) before the clients came.
+    marginal = {}
+    for tg in ("pgtenant", "pgbouncer"):
+        runs = sorted((r["count"], r) for r, per in idle_rows if r["target"] == tg and per is not None)
+        if len(runs) >= 2:
+            (n1, a), (n2, b) = runs[0], runs[-1]
+            if b["connected"] > a["connected"]:
+                marginal[tg] = ((n1, n2), (b["rss_with_clients"] - a["rss_with_clients"])
+                                / (b["connected"] - a["connected"]), b["rss_with_clients"])
+    if marginal.get("pgtenant") and marginal.get("pgbouncer"):
+        (n1, n2), a, rss_a = marginal["pgtenant"]
+        _, b, rss_b = marginal["pgbouncer"]
+        headline.append(f"Memory per idle client ({n1:,} → {n2:,} clients): pgtenant "
+                        f"{a / 1024:.2f} KiB, PgBouncer {b / 1024:.2f} KiB; RSS holding {n2:,} "
+                        f"idle clients: pgtenant {rss_a / 2**20:.1f} MiB, PgBouncer "
+                        f"{rss_b / 2**20:.1f} MiB.")
 
     # ---- cpu
     cpu = {}
@@ -328,7 +339,12 @@ def main():
     md.append("## Memory per idle client\n")
     md.append("A fresh proxy process, warmed with a short pgbench run; then the load tool opens N "
               "connections to database `bench`, runs one `SELECT 1` on each and holds them. "
-              "Per client = (VmRSS with the clients − VmRSS before) ÷ N.\n")
+              "VmRSS is read 3 s after the last client connected. \"KiB per idle client\" = "
+              "(VmRSS with the clients − VmRSS before) ÷ N; it understates (or turns negative) "
+              "for a proxy that gives memory freed before the clients came back to the system "
+              "(pgtenant does once idle clients park), so the comparison is the memory each "
+              "client beyond the smaller count adds: (VmRSS with the larger count − VmRSS with "
+              "the smaller count) ÷ (difference in clients), each on its own fresh process.\n")
     t = Table("target", "idle clients", "RSS before (MiB)", "RSS with clients (MiB)",
               "KiB per idle client", "RSS after they left (MiB)", "errors")
     for r, per in idle_rows:
@@ -341,6 +357,10 @@ def main():
               fmt_num(r["rss_with_clients"] / 2**20, 1), f"**{per / 1024:.1f}**",
               fmt_num(r["rss_after_close"] / 2**20, 1) if r.get("rss_after_close") else "–", errs)
     md.append(t.render() + "\n")
+    for tg, ((n1, n2), per, _) in marginal.items():
+        md.append(f"- {tg}: each idle client beyond {n1:,} (up to {n2:,}) adds "
+                  f"**{per / 1024:.2f} KiB**.\n")
+    md.append("\n")
 
     # ---- cpu
     md.append("## CPU per 100,000 transactions\n")
@@ -405,6 +425,7 @@ def main():
                               "errors": s["errors_total"]} for tg, s in by.items()}
                     for sc, by in tsum.items()},
         "idle_bytes_per_client": {tg: {str(n): round(v) for n, v in d.items()} for tg, d in per_client.items()},
+        "idle_bytes_per_added_client": {tg: round(per) for tg, (_, per, _) in marginal.items()},
         "cpu_seconds_per_100k": {tg: s["per_100k"] for tg, s in csum.items()},
         "syscalls_per_round_trip": sys_json,
         "incidents": [{k: v for k, v in i.items() if k != "log_tail"} for i in raw.get("incidents", [])],

@@ -10,11 +10,12 @@ use super::Pools;
 use crate::backend;
 
 impl Pools {
-    /// One round of upkeep.
-    pub fn maintain(self: &Arc<Self>) {
+    /// One round of upkeep; whether some tenant waits for room on a host.
+    pub fn maintain(self: &Arc<Self>) -> bool {
         let (idle_timeout, max_lifetime) = (self.settings.idle_timeout, self.settings.max_lifetime);
         // Per host: how many more idle connections to close for tenants waiting there.
         let mut owed: HashMap<String, usize> = HashMap::new();
+        let mut someone_waits = false;
         for pool in self.pools.iter() {
             pool.reap(idle_timeout, max_lifetime);
             // Tenants wait for room on this host: idle connections whose turn is over
@@ -22,6 +23,7 @@ impl Pools {
             let owed = owed
                 .entry(pool.budget.address.clone())
                 .or_insert_with(|| pool.budget.waiting());
+            someone_waits |= *owed > 0;
             while *owed > 0 {
                 let Some(idle) = pool.take_oldest_evictable_idle() else {
                     break;
@@ -67,16 +69,28 @@ impl Pools {
         // Greetings no pool uses any more go with their last pool.
         self.greetings
             .retain(|_, greeting| Arc::strong_count(greeting) > 1);
+        someone_waits
     }
 }
 
-/// Runs `Pools::maintain` every `every` (at most a host turn) until the runtime stops.
+/// Upkeep when no tenant waits for room: reaping and warming need no finer grain, and
+/// an idle proxy wakes once a second, not once a turn.
+const QUIET_UPKEEP: Duration = Duration::from_secs(1);
+
+/// Runs `Pools::maintain` until the runtime stops: every `every` (at most a host
+/// turn) while tenants wait for room on a host, so turns end on time; else once a
+/// second or as soon as a tenant starts waiting.
 pub fn run_maintenance(pools: Arc<Pools>, every: Duration) {
     tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(every);
         loop {
-            ticker.tick().await;
-            pools.maintain();
+            if pools.maintain() {
+                tokio::time::sleep(every).await;
+            } else {
+                tokio::select! {
+                    _ = tokio::time::sleep(QUIET_UPKEEP.max(every)) => {}
+                    _ = pools.upkeep.notified() => {}
+                }
+            }
         }
     });
 }

@@ -69,6 +69,9 @@ pub struct Pools {
     hosts: DashMap<String, Arc<HostBudget>>,
     /// By (address, database, role): what a fresh server session there reports.
     greetings: DashMap<(String, String, String), Arc<tenant::GreetingSlot>>,
+    /// Wakes the upkeep task when a tenant starts waiting for room on a host: turns
+    /// are then kept at `host_turn` granularity, otherwise upkeep runs once a second.
+    upkeep: tokio::sync::Notify,
 }
 
 impl Pools {
@@ -79,6 +82,7 @@ impl Pools {
             pools: DashMap::new(),
             hosts: DashMap::new(),
             greetings: DashMap::new(),
+            upkeep: tokio::sync::Notify::new(),
         }
     }
 
@@ -142,6 +146,7 @@ impl Pools {
             // the next connection that closes on this host.
             if waiting.is_none() {
                 waiting = Some(pool.budget.wait());
+                self.upkeep.notify_one();
                 if let Some(permit) = pool.budget.try_acquire() {
                     break permit;
                 }
