@@ -10,11 +10,12 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
+use super::end::End;
 use super::handshake::{read_startup, Handshake, HandshakeError};
 use super::params::{client_settings, set_setting};
 use super::park::{Carried, Parked};
 use super::refusal::Refusal;
-use super::relay::{End, Session};
+use super::relay::Session;
 use super::resolve::resolve;
 use super::txn::Txn;
 use crate::app::{App, ClientId};

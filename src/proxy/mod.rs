@@ -3,6 +3,7 @@
 
 pub mod cancel;
 mod client;
+mod end;
 mod features;
 mod follow;
 mod handshake;

@@ -258,6 +258,27 @@ pub async fn run(lot: Arc<Lot>, app: Weak<App>, mut shutdown: tokio::sync::watch
 }
 
 impl super::relay::Session<'_> {
+    /// Between transactions: whether this client may park when quiet, with the timer
+    /// that says when (re)started.
+    pub(super) fn arm_park_timer(&mut self) -> bool {
+        let after = self.app.settings.proxy.park_after;
+        let may_park = self.mode == crate::config::PoolMode::Transaction
+            && self.pinned.is_none()
+            && self.txn.is_idle()
+            && !self.closing
+            && !after.is_zero()
+            && self.app.parking.accepting();
+        if may_park {
+            let deadline = tokio::time::Instant::now() + after;
+            match self.park_timer.as_mut() {
+                // A later deadline on a running timer is one atomic update.
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.park_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        may_park
+    }
+
     /// Folds a quiet session into a `Parked` record and hands it to the lot. What is
     /// left behind (empty buffers, the timer) is freed with the session.
     pub(super) fn park(self: Box<Self>) -> io::Result<()> {

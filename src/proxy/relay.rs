@@ -17,68 +17,21 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 use super::cancel::CancelHandle;
+use super::end::End;
 use super::features::{drops_statements, session_feature, SessionFeature, SettingChange};
 use super::outbox::Outbox;
 use super::params::set_setting;
 use super::park::Carried;
-use super::refusal::Refusal;
 use super::resolve::{ResolveError, Resolved};
 use super::txn::{Txn, Verdict};
 use super::wait::{read_some, Event, Wanted};
 use crate::app::{App, ClientId};
-use crate::backend::{BackendError, ServerConn, CLIENT_PARAMETERS};
+use crate::backend::{ServerConn, CLIENT_PARAMETERS};
 use crate::config::PoolMode;
-use crate::pool::{PoolError, PoolHandle, PooledConn};
+use crate::pool::{PoolHandle, PooledConn};
 use crate::protocol::frame::{frame_len, read_cstr, HEADER_LEN};
 use crate::protocol::messages::parse_parameter_status;
-use crate::protocol::{sqlstate, FrameError};
 use crate::registry::Snapshot;
-
-/// Why a session ended.
-#[derive(Debug)]
-pub enum End {
-    /// The client said Terminate.
-    ClientLeft,
-    /// The client's socket closed or failed.
-    ClientGone,
-    ServerGone,
-    ClientProtocol(FrameError),
-    ServerProtocol(FrameError),
-    Pool(Box<PoolError>),
-    Backend(BackendError),
-    /// The tenant left the registry (or its host did) during the session.
-    Resolve(ResolveError),
-    /// The proxy is stopping and the client was between transactions.
-    Shutdown,
-    /// Not an end: the client was quiet long enough to wait without a task
-    /// (`park.rs`); the parking lot serves it again when it sends something.
-    Parked,
-}
-
-impl End {
-    /// What the client is told, when it is still there to hear it.
-    pub fn refusal(&self) -> Option<Refusal> {
-        match self {
-            End::ClientLeft | End::ClientGone | End::Parked => None,
-            End::ServerGone => Some(Refusal::new(
-                sqlstate::CONNECTION_FAILURE,
-                "the server connection closed unexpectedly",
-            )),
-            End::ServerProtocol(e) => Some(Refusal::new(
-                sqlstate::PROTOCOL_VIOLATION,
-                format!("invalid message from server: {e}"),
-            )),
-            End::ClientProtocol(e) => Some(e.into()),
-            End::Pool(e) => Some(e.as_ref().into()),
-            End::Backend(e) => Some(e.into()),
-            End::Resolve(e) => Some(e.into()),
-            End::Shutdown => Some(Refusal::new(
-                sqlstate::ADMIN_SHUTDOWN,
-                "terminating connection: pgtenant is shutting down",
-            )),
-        }
-    }
-}
 
 pub struct Session<'a> {
     pub app: &'a App,
@@ -97,17 +50,17 @@ pub struct Session<'a> {
     /// Requests in flight, in order, and (transaction mode) statement names.
     pub(super) txn: Txn,
     /// Set once the client used a feature that needs its own server.
-    pinned: Option<SessionFeature>,
+    pub(super) pinned: Option<SessionFeature>,
     /// The client's cancel key, pointed at the attached server.
     pub(super) cancel: CancelHandle,
     shutdown: tokio::sync::watch::Receiver<bool>,
     /// The proxy is stopping: end at the next moment nothing is in flight.
-    closing: bool,
+    pub(super) closing: bool,
     /// Which side's readiness is looked at first on the next wait (they alternate).
     server_first: bool,
     /// Runs while a transaction-mode client is quiet between transactions; when it
     /// fires the client is parked. Kept and pushed back rather than made anew.
-    park_timer: Option<Pin<Box<Sleep>>>,
+    pub(super) park_timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<'a> Session<'a> {
@@ -265,27 +218,6 @@ impl<'a> Session<'a> {
                 Err(_) => return Err(End::ClientGone),
             }
         }
-    }
-
-    /// Between transactions: whether this client may park when quiet, with the timer
-    /// that says when (re)started.
-    fn arm_park_timer(&mut self) -> bool {
-        let after = self.app.settings.proxy.park_after;
-        let may_park = self.mode == PoolMode::Transaction
-            && self.pinned.is_none()
-            && self.txn.is_idle()
-            && !self.closing
-            && !after.is_zero()
-            && self.app.parking.accepting();
-        if may_park {
-            let deadline = tokio::time::Instant::now() + after;
-            match self.park_timer.as_mut() {
-                // A later deadline on a running timer is one atomic update.
-                Some(timer) => timer.as_mut().reset(deadline),
-                None => self.park_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
-            }
-        }
-        may_park
     }
 
     /// Nothing in flight in either direction and no transaction open.
