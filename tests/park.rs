@@ -144,3 +144,26 @@ async fn session_mode_and_pinned_clients_do_not_park() {
     );
     assert_eq!(value(&client, "SELECT 1::text").await, "1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_client_follows_a_registry_change() {
+    let env = parking_env("transaction").start().await;
+    let client = env.connect("app", "acme").await;
+    assert_eq!(items(&client).await, ACME_ITEMS);
+    assert_eq!(parked(&env, 1).await, 1);
+
+    // acme now lives in globex's schema; new clients see it once the file is read.
+    env.write_registry(&ERP_REGISTRY.replacen(
+        "search_path = [\"tenant_acme\"]",
+        "search_path = [\"tenant_globex\"]",
+        1,
+    ));
+    let moved = eventually(Duration::from_secs(10), || async {
+        let fresh = env.connect("app", "acme").await;
+        (items(&fresh).await == GLOBEX_ITEMS).then_some(())
+    })
+    .await;
+    assert!(moved.is_some(), "the registry change was not picked up");
+    // The parked client is served from the tenant as the registry says now.
+    assert_eq!(items(&client).await, GLOBEX_ITEMS);
+}

@@ -287,7 +287,6 @@ impl super::relay::Session<'_> {
             id,
             client,
             resolved,
-            pool,
             settings,
             txn,
             cancel,
@@ -298,7 +297,9 @@ impl super::relay::Session<'_> {
         let carried = Carried {
             id,
             resolved,
-            pool,
+            // Looked up again when it next needs a server: a parked client does not
+            // keep an old registry snapshot alive.
+            pool: None,
             settings,
             txn,
             cancel,
