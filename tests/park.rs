@@ -121,28 +121,22 @@ async fn a_parked_client_hears_of_a_shutdown() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_mode_and_pinned_clients_do_not_park() {
-    let env = parking_env("session").start().await;
-    let client = env.connect("app", "acme").await;
-    value(&client, "SELECT 1").await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(
-        env.server().app().parking.len(),
-        0,
-        "a session-mode client parked"
-    );
-    drop(client);
-
-    let env = parking_env("transaction").start().await;
-    let client = env.connect("app", "acme").await;
     // A session-level advisory lock needs the client's own server: it is pinned.
-    value(&client, "SELECT pg_advisory_lock(7)::text").await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(
-        env.server().app().parking.len(),
-        0,
-        "a pinned client parked"
-    );
-    assert_eq!(value(&client, "SELECT 1::text").await, "1");
+    for (mode, sql, who) in [
+        ("session", "SELECT 1::text", "a session-mode client"),
+        (
+            "transaction",
+            "SELECT pg_advisory_lock(7)::text",
+            "a pinned client",
+        ),
+    ] {
+        let env = parking_env(mode).start().await;
+        let client = env.connect("app", "acme").await;
+        value(&client, sql).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(env.server().app().parking.len(), 0, "{who} parked");
+        assert_eq!(value(&client, "SELECT 1::text").await, "1");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

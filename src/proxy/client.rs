@@ -1,6 +1,7 @@
 //! One client connection, top to bottom: handshake → resolve → authenticate →
 //! server → relay. Each phase refuses with its own SQLSTATE.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -36,17 +37,19 @@ pub enum Served {
 
 /// Serves a new client on a task of its own; it counts as connected until it leaves.
 pub fn spawn(app: Arc<App>, stream: TcpStream, peer: SocketAddr, id: ClientId) {
-    tokio::spawn(async move {
-        if serve(app.clone(), stream, peer, id).await == Served::Done {
-            app.clients.fetch_sub(1, Ordering::AcqRel);
-        }
-    });
+    run_counted(app.clone(), serve(app, stream, peer, id));
 }
 
 /// Serves a parked client again on a task of its own.
 pub fn spawn_resumed(app: Arc<App>, parked: Parked) {
+    run_counted(app.clone(), resume(app, parked));
+}
+
+/// Runs a client's task; a client that left no longer counts against
+/// `proxy.max_client_conn`, a parked one still does.
+fn run_counted(app: Arc<App>, client: impl Future<Output = Served> + Send + 'static) {
     tokio::spawn(async move {
-        if resume(&app, parked).await == Served::Done {
+        if client.await == Served::Done {
             app.clients.fetch_sub(1, Ordering::AcqRel);
         }
     });
@@ -74,7 +77,7 @@ pub async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, id: Clien
 }
 
 /// Serves a parked client from where it stopped: between transactions, no server.
-async fn resume(app: &App, parked: Parked) -> Served {
+async fn resume(app: Arc<App>, parked: Parked) -> Served {
     let Parked { client, carried } = parked;
     let id = carried.id;
     let Ok(stream) = TcpStream::from_std(client) else {
@@ -86,7 +89,7 @@ async fn resume(app: &App, parked: Parked) -> Served {
     let span = tracing::debug_span!("client", %id, %peer, tenant = %carried.resolved.tenant.name, user = %carried.resolved.user);
     async move {
         let session = Box::new(Session::new(
-            app,
+            &app,
             stream,
             None,
             PoolMode::Transaction,

@@ -73,7 +73,6 @@ struct Slots {
     free: Vec<usize>,
     /// Clients that could not be watched (or came after shutdown): served again at once.
     pending: Vec<Parked>,
-    count: usize,
     /// Clients parked since freed memory was last given back.
     parked_since_give_back: usize,
 }
@@ -103,7 +102,9 @@ impl Lot {
 
     /// Clients parked now.
     pub fn len(&self) -> usize {
-        self.slots().count
+        let slots = self.slots();
+        // Every slot not on the free list holds a client.
+        slots.parked.len() - slots.free.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -133,7 +134,6 @@ impl Lot {
         };
         // In the slot before it is watched: data already waiting is reported at once.
         slots.parked[index] = Some(Box::new(parked));
-        slots.count += 1;
         slots.parked_since_give_back += 1;
         if slots.parked_since_give_back == GIVE_BACK_AFTER {
             // Enough to be worth giving memory back once this burst settles.
@@ -173,7 +173,6 @@ impl Slots {
     fn take(&mut self, index: usize) -> Option<Box<Parked>> {
         let parked = self.parked.get_mut(index)?.take()?;
         self.free.push(index);
-        self.count -= 1;
         Some(parked)
     }
 }
