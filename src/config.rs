@@ -82,6 +82,9 @@ pub struct PoolSettings {
     pub min_idle: usize,
     /// Proxy-named prepared statements one server connection keeps (transaction mode).
     pub max_prepared_statements: usize,
+    /// Named prepared statements one transaction-mode client may hold at once: the
+    /// proxy keeps each client's names, so this bounds its memory per client.
+    pub max_client_statements: usize,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     #[serde(with = "humantime_serde")]
@@ -132,6 +135,7 @@ impl Default for PoolSettings {
             pool_size: 10,
             min_idle: 0,
             max_prepared_statements: 200,
+            max_client_statements: 5000,
             connect_timeout: Duration::from_secs(5),
             checkout_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(600),

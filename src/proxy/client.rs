@@ -192,7 +192,7 @@ async fn start(
     tracing::debug!(?mode, "session started");
     // Boxed: the session lives on the heap once, not copied into each future above it.
     let txn = match mode {
-        PoolMode::Transaction => Txn::following_settings(),
+        PoolMode::Transaction => Txn::following_settings(app.settings.pool.max_client_statements),
         PoolMode::Session => Txn::default(),
     };
     let carried = Carried {

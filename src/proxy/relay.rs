@@ -18,7 +18,6 @@ use tokio::time::Sleep;
 
 use super::cancel::CancelHandle;
 use super::end::End;
-use super::features::{drops_statements, session_feature, SessionFeature, SettingChange};
 use super::outbox::Outbox;
 use super::params::set_setting;
 use super::park::Carried;
@@ -26,12 +25,13 @@ use super::resolve::{ResolveError, Resolved};
 use super::txn::{Txn, Verdict};
 use super::wait::{read_some, Event, Wanted};
 use crate::app::{App, ClientId};
-use crate::backend::{ServerConn, CLIENT_PARAMETERS};
+use crate::backend::{replayed, ServerConn, CLIENT_PARAMETERS};
 use crate::config::PoolMode;
 use crate::pool::{PoolHandle, PooledConn};
 use crate::protocol::frame::{frame_len, read_cstr, HEADER_LEN};
 use crate::protocol::messages::parse_parameter_status;
 use crate::registry::Snapshot;
+use crate::sql::{self, classify, SettingChange};
 
 pub struct Session<'a> {
     pub app: &'a App,
@@ -50,7 +50,7 @@ pub struct Session<'a> {
     /// Requests in flight, in order, and (transaction mode) statement names.
     pub(super) txn: Txn,
     /// Set once the client used a feature that needs its own server.
-    pub(super) pinned: Option<SessionFeature>,
+    pub(super) pinned: Option<sql::Pin>,
     /// The client's cancel key, pointed at the attached server.
     pub(super) cancel: CancelHandle,
     shutdown: tokio::sync::watch::Receiver<bool>,
@@ -271,18 +271,29 @@ impl<'a> Session<'a> {
             if tag == b'X' {
                 return Err(End::ClientLeft);
             }
+            // What a query or statement does to the session, read once per message.
+            let read = match (transaction_mode, tag) {
+                (true, b'Q' | b'P') => {
+                    Some(classify(parsed_sql(tag, &rest[HEADER_LEN..len]), true))
+                }
+                _ => None,
+            };
             if self.server.is_none() {
-                // Between transactions a named Parse and a bare Sync are answered
-                // without a server, so preparing never waits for a pool slot.
+                // Between transactions a named Parse, a bare Sync and a DEALLOCATE of
+                // the client's own statement are answered without a server, so
+                // preparing never waits for a pool slot.
+                let pool = self.current_pool()?;
                 let body = &self.client_in[HEADER_LEN..len];
                 if self.pinned.is_none()
-                    && session_feature(parsed_sql(tag, body)).is_none()
-                    && self.txn.answer_detached(tag, body, &self.app.statements)
+                    && read.as_ref().is_none_or(|r| r.pin.is_none())
+                    && self
+                        .txn
+                        .answer_detached(tag, body, read.as_ref(), pool.statements())
+                        .map_err(|e| End::TooManyStatements(e.0))?
                 {
                     self.client_in.advance(len);
                     continue;
                 }
-                let pool = self.current_pool()?;
                 match self.app.pools.try_checkout(&pool) {
                     // The usual case, done without awaiting anything.
                     Some(server) if server.get().params_match(&self.settings) => {
@@ -294,28 +305,28 @@ impl<'a> Session<'a> {
             if transaction_mode {
                 let body = &self.client_in[ready + HEADER_LEN..ready + len];
                 let conn = self.server.as_mut().expect("attached above").conn();
-                if matches!(tag, b'Q' | b'P') {
-                    let sql = parsed_sql(tag, body);
+                if let Some(pin) = read.as_ref().and_then(|r| r.pin) {
                     if self.pinned.is_none() {
-                        if let Some(feature) = session_feature(sql) {
-                            tracing::info!(tenant = %self.resolved.tenant.name, user = %self.resolved.user, feature = feature.name(), "client pinned to its server connection: the feature needs a session");
-                            self.pinned = Some(feature);
-                        }
-                    }
-                    if tag == b'Q' && drops_statements(sql) {
-                        // The server dropped its statements (DISCARD ALL, DEALLOCATE).
-                        conn.prepared.clear();
+                        tracing::info!(client = %self.id, tenant = %self.resolved.tenant.name, user = %self.resolved.user, reason = pin.reason(), "client pinned to its server connection");
+                        self.pinned = Some(pin);
                     }
                 }
-                if Txn::needs_rewrite(tag, body) {
-                    let mut out = Vec::new();
-                    self.txn.rewrite(
-                        tag,
-                        body,
-                        &mut conn.prepared,
-                        &self.app.statements,
-                        &mut out,
-                    );
+                let mut out = Vec::new();
+                let handled = match (tag, read.as_ref()) {
+                    (b'Q', Some(read)) => {
+                        self.txn
+                            .deallocate(read, Some((&mut conn.prepared, conn.status)), &mut out)
+                    }
+                    _ if Txn::needs_rewrite(tag, body) => {
+                        let (_, pool) = self.pool.as_ref().expect("checked out from it");
+                        self.txn
+                            .rewrite(tag, body, &mut conn.prepared, pool.statements(), &mut out)
+                            .map_err(|e| End::TooManyStatements(e.0))?;
+                        true
+                    }
+                    _ => false,
+                };
+                if handled {
                     if ready > 0 {
                         self.to_server.push(self.client_in.split_to(ready).freeze());
                         ready = 0;
@@ -327,8 +338,11 @@ impl<'a> Session<'a> {
                     continue;
                 }
             }
-            self.txn
-                .forwarded(tag, &self.client_in[ready + HEADER_LEN..ready + len]);
+            self.txn.forwarded(
+                tag,
+                &self.client_in[ready + HEADER_LEN..ready + len],
+                read.as_ref(),
+            );
             ready += len;
             if self.to_server.len() + ready >= bound {
                 break;
@@ -390,6 +404,10 @@ impl<'a> Session<'a> {
                 &conn.buf[ready + HEADER_LEN..ready + len],
                 &mut conn.prepared,
             );
+            if tag == b'E' && self.txn.take_out_of_step() {
+                tracing::warn!(client = %self.id, tenant = %self.resolved.tenant.name, "server's prepared statements differ from the proxy's record; it will be closed after this transaction");
+                conn.out_of_step = true;
+            }
             if tag == b'Z' {
                 // Changes whose transaction committed hold for the rest of the
                 // session: they follow the client.
@@ -563,8 +581,8 @@ fn follow_setting(
             .any(|p| p.eq_ignore_ascii_case(name))
     };
     match change {
-        SettingChange::Set(name, value) if !reported(&name) => {
-            let name = name.to_ascii_lowercase();
+        SettingChange::Set(name, statement) if !reported(&name) => {
+            let value = replayed(&statement);
             conn.note_setting(&name, Some(&value));
             set_setting(settings, &name, &value);
         }

@@ -262,7 +262,11 @@ fn read_statement(tokens: &[Token<'_>]) -> Read {
     if first.is("load") {
         return pinned(Pin::Load);
     }
-    if first.is("declare") && tokens.windows(2).any(|w| w[0].is("with") && w[1].is("hold")) {
+    if first.is("declare")
+        && tokens
+            .windows(2)
+            .any(|w| w[0].is("with") && w[1].is("hold"))
+    {
         return pinned(Pin::HoldCursor);
     }
     Read::default()

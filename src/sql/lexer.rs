@@ -152,7 +152,11 @@ impl<'a> Lexer<'a> {
     fn dollar_quote(&mut self, start: usize) -> Option<Token<'a>> {
         let mut end = self.at + 1;
         if self.sql.get(end).is_some_and(|&c| is_ident_start(c)) {
-            while self.sql.get(end).is_some_and(|&c| is_ident_start(c) || c.is_ascii_digit()) {
+            while self
+                .sql
+                .get(end)
+                .is_some_and(|&c| is_ident_start(c) || c.is_ascii_digit())
+            {
                 end += 1;
             }
         }
@@ -315,11 +319,7 @@ mod tests {
             ("$$ a ' b $$", "$$ a ' b $$"),
             ("$fn$ $$ inner $$ $fn$", "$fn$ $$ inner $$ $fn$"),
         ] {
-            assert_eq!(
-                kinds(sql),
-                vec![(Kind::String, text.to_string())],
-                "{sql}"
-            );
+            assert_eq!(kinds(sql), vec![(Kind::String, text.to_string())], "{sql}");
         }
         assert_eq!(kinds("\"a\"\"b\"")[0].0, Kind::QuotedIdent);
         assert_eq!(kinds("U&\"a\"")[0].0, Kind::QuotedIdent);
@@ -329,10 +329,7 @@ mod tests {
     fn dollar_signs_that_are_not_quotes() {
         assert_eq!(
             kinds("a$b$ $1"),
-            vec![
-                (Kind::Word, "a$b$".into()),
-                (Kind::Param, "$1".into())
-            ]
+            vec![(Kind::Word, "a$b$".into()), (Kind::Param, "$1".into())]
         );
     }
 

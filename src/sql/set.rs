@@ -46,7 +46,9 @@ pub fn read_set(tokens: &[Token<'_>]) -> SetForm {
     if word(0, "transaction") || word(0, "constraints") {
         return SetForm::Nothing;
     }
-    if word(0, "role") || word(0, "authorization") || (word(0, "session") && word(1, "authorization"))
+    if word(0, "role")
+        || word(0, "authorization")
+        || (word(0, "session") && word(1, "authorization"))
     {
         return SetForm::Pin(Pin::Role);
     }
@@ -65,9 +67,7 @@ pub fn read_set(tokens: &[Token<'_>]) -> SetForm {
             return SetForm::Pin(Pin::UnreadableSet);
         };
         match after.first() {
-            Some(t) if t.is("to") || (t.kind == Kind::Op && t.text == b"=") => {
-                (name, &after[1..])
-            }
+            Some(t) if t.is("to") || (t.kind == Kind::Op && t.text == b"=") => (name, &after[1..]),
             _ => return SetForm::Pin(Pin::UnreadableSet),
         }
     };

@@ -32,7 +32,10 @@ fn session_features_pin() {
         ("select pg_advisory_lock(1)", Pin::AdvisoryLock),
         ("select \"pg_try_advisory_lock\"(1)", Pin::AdvisoryLock),
         ("select set_config('a.b', 'c', false)", Pin::SetConfig),
-        ("select pg_catalog.set_config('a.b', 'c', is_local)", Pin::SetConfig),
+        (
+            "select pg_catalog.set_config('a.b', 'c', is_local)",
+            Pin::SetConfig,
+        ),
         ("select set_config('a.b', 'c')", Pin::SetConfig),
         ("DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$", Pin::Do),
         ("LOAD 'auto_explain'", Pin::Load),
@@ -156,7 +159,10 @@ fn settings_the_proxy_cannot_read_pin() {
 
 #[test]
 fn statement_effects_follow_statement_order() {
-    assert_eq!(of("DEALLOCATE ALL").effects, Some(vec![Effect::DeallocateAll]));
+    assert_eq!(
+        of("DEALLOCATE ALL").effects,
+        Some(vec![Effect::DeallocateAll])
+    );
     assert_eq!(
         of("deallocate prepare \"S1\"").effects,
         Some(vec![Effect::Deallocate(b"S1".to_vec())])
