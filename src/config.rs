@@ -277,6 +277,22 @@ impl Settings {
         if self.pool.max_prepared_statements == 0 {
             problem("pool.max_prepared_statements", "must be at least 1".into());
         }
+        if self.pool.max_client_statements == 0 {
+            problem("pool.max_client_statements", "must be at least 1".into());
+        }
+        if self.proxy.relay_buffer == 0 {
+            problem(
+                "proxy.relay_buffer",
+                "must be at least 1 byte: it bounds what the proxy queues towards a peer".into(),
+            );
+        }
+        if self.proxy.pool_mode == PoolMode::Transaction && self.pool.reset_query.trim().is_empty()
+        {
+            problem(
+                "pool.reset_query",
+                "must not be empty in transaction mode: a client pinned to its server (SET ROLE, LISTEN, temporary tables…) leaves session state that only the reset clears (the default is \"DISCARD ALL\")".into(),
+            );
+        }
         match (&self.registry.file, &self.registry.url) {
             (None, None) => problem("registry", "set either file or url".into()),
             (Some(_), Some(_)) => problem("registry", "set file or url, not both".into()),

@@ -129,8 +129,14 @@ fn frame(tag: u8, body: impl FnOnce(&mut BytesMut)) -> Bytes {
     messages::build(|buf| messages::message(buf, tag, body))
 }
 
+/// A bodiless answer (ParseComplete, CloseComplete): static, so answering costs
+/// no allocation.
 fn answer(tag: u8) -> Bytes {
-    frame(tag, |_| {})
+    match tag {
+        b'1' => Bytes::from_static(b"1\0\0\0\x04"),
+        b'3' => Bytes::from_static(b"3\0\0\0\x04"),
+        _ => frame(tag, |_| {}),
+    }
 }
 
 impl Txn {
@@ -257,7 +263,7 @@ impl Txn {
             }
             b'Q' => read.is_some_and(|read| self.deallocate(read, None, &mut Vec::new())),
             b'S' if self.queue.iter().all(|e| matches!(e, Expect::Answer(..))) => {
-                let ready = frame(b'Z', |b| b.put_u8(b'I'));
+                let ready = Bytes::from_static(b"Z\0\0\0\x05I");
                 self.queue.push_back(Expect::Answer(ready, Undo::Nothing));
                 true
             }
