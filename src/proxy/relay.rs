@@ -17,21 +17,21 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 use super::cancel::CancelHandle;
+use super::carried::queue::{Txn, Verdict};
+use super::carried::settings::{follow_setting, set_setting};
+use super::carried::{disposition, Carried, Disposition};
 use super::end::End;
 use super::outbox::Outbox;
-use super::params::set_setting;
-use super::park::Carried;
 use super::resolve::{ResolveError, Resolved};
-use super::txn::{Txn, Verdict};
 use super::wait::{read_some, Event, Wanted};
 use crate::app::{App, ClientId};
-use crate::backend::{replayed, ServerConn, CLIENT_PARAMETERS};
+use crate::backend::CLIENT_PARAMETERS;
 use crate::config::PoolMode;
 use crate::pool::{PoolHandle, PooledConn};
 use crate::protocol::frame::{frame_len, read_cstr, HEADER_LEN};
 use crate::protocol::messages::parse_parameter_status;
 use crate::registry::Snapshot;
-use crate::sql::{self, classify, SettingChange};
+use crate::sql::{self, classify};
 
 pub struct Session<'a> {
     pub app: &'a App,
@@ -602,11 +602,20 @@ impl<'a> Session<'a> {
         self.server = Some(server);
     }
 
-    /// Transaction mode: gives the idle server back to the pool.
+    /// Transaction mode: lets go of the idle server at the end of a transaction.
     pub fn detach(&mut self) {
         self.cancel.set_server(None);
-        if let Some(server) = self.server.take() {
-            server.give_back_idle();
+        if let Some(mut server) = self.server.take() {
+            let out_of_step = server.conn().out_of_step;
+            match disposition(self.mode, self.pinned, true, out_of_step, "") {
+                Disposition::Reuse => server.give_back_idle(),
+                // A reset needs a round trip: a server that would need one is not
+                // detached between transactions, so this is closed rather than reused.
+                Disposition::Reset(_) => drop(server),
+                Disposition::Close(why) => {
+                    tracing::info!(client = %self.id, tenant = %self.resolved.tenant.name, "closing a server connection: {why}");
+                }
+            }
         }
     }
 
@@ -659,22 +668,14 @@ impl<'a> Session<'a> {
             && server.conn().buf.is_empty()
             && self.client_stream == 0
             && self.server_stream == 0;
-        if !quiet {
-            tracing::debug!(
-                "client left in the middle of a request; closing its server connection"
-            );
-            return;
+        let out_of_step = server.conn().out_of_step;
+        let reset_query = self.app.settings.pool.reset_query.as_str();
+        match disposition(self.mode, self.pinned, quiet, out_of_step, reset_query) {
+            Disposition::Reuse => server.release("").await,
+            Disposition::Reset(query) => server.release(query).await,
+            // Dropping a lent connection cancels and closes it.
+            Disposition::Close(why) => tracing::debug!("closing its server connection: {why}"),
         }
-        let reset = match (self.mode, self.pinned) {
-            (PoolMode::Transaction, None) => "",
-            _ => self.app.settings.pool.reset_query.as_str(),
-        };
-        if self.pinned.is_some() && reset.trim().is_empty() {
-            // Nothing would clear what pinned it: the server is closed, not reused.
-            drop(server);
-            return;
-        }
-        server.release(reset).await;
     }
 }
 
@@ -697,36 +698,5 @@ fn parsed_sql(tag: u8, body: &[u8]) -> &[u8] {
             .map(|(sql, _)| sql)
             .unwrap_or_default(),
         _ => &[],
-    }
-}
-
-/// Applies a client's SET/RESET to the settings that follow it, and notes it on the
-/// server it ran on. Reported settings are followed through ParameterStatus instead.
-fn follow_setting(
-    settings: &mut Vec<(String, String)>,
-    conn: &mut ServerConn,
-    change: SettingChange,
-) {
-    let reported = |name: &str| {
-        CLIENT_PARAMETERS
-            .iter()
-            .any(|p| p.eq_ignore_ascii_case(name))
-    };
-    match change {
-        SettingChange::Set(name, statement) if !reported(&name) => {
-            let value = replayed(&statement);
-            conn.note_setting(&name, Some(&value));
-            set_setting(settings, &name, &value);
-        }
-        SettingChange::Reset(name) if !reported(&name) => {
-            let name = name.to_ascii_lowercase();
-            conn.note_setting(&name, None);
-            settings.retain(|(n, _)| n != &name);
-        }
-        SettingChange::ResetAll => {
-            conn.forget_settings();
-            settings.retain(|(n, _)| reported(n));
-        }
-        _ => {}
     }
 }
