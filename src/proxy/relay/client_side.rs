@@ -149,9 +149,10 @@ impl Session<'_> {
             _ if !transaction_mode => matches!(tag, b'Q' | b'P' | b'B'),
             b'Q' => true,
             b'P' => body.first() == Some(&0),
+            // Its names are rewritten from what has arrived; the parameters stream.
             b'B' => read_cstr(body)
                 .and_then(|(_, rest)| read_cstr(rest))
-                .is_some_and(|(statement, _)| statement.is_empty()),
+                .is_some(),
             _ => false,
         };
         if !streams {
@@ -166,12 +167,33 @@ impl Session<'_> {
             tracing::info!(client = %self.id, tenant = %self.resolved.tenant.name, user = %self.resolved.user, reason = sql::Pin::TooLarge.reason(), "client pinned to its server connection");
             self.pinned = Some(sql::Pin::TooLarge);
         }
+        let mut remaining = len;
+        if transaction_mode && tag == b'B' && Txn::needs_rewrite(tag, &self.client_in[HEADER_LEN..])
+        {
+            let conn = self.server.as_mut().expect("attached above").conn();
+            let mut out = Vec::new();
+            if let Some(replaced) =
+                self.txn
+                    .rewrite_bind_start(&self.client_in, len, &mut conn.prepared, &mut out)
+            {
+                for bytes in out {
+                    self.to_server.push(bytes);
+                }
+                self.client_in.advance(replaced);
+                remaining -= replaced;
+                let available = self.client_in.len().min(remaining);
+                self.to_server
+                    .push(self.client_in.split_to(available).freeze());
+                self.client_stream = remaining - available;
+                return Ok(());
+            }
+        }
         let available = self.client_in.len();
         self.txn
             .forwarded(tag, &self.client_in[HEADER_LEN..available], None);
         self.to_server
             .push(self.client_in.split_to(available).freeze());
-        self.client_stream = len - available;
+        self.client_stream = remaining - available;
         Ok(())
     }
 
