@@ -138,7 +138,7 @@ fn the_classifier_agrees_with_postgresql() {
             if !run_clean(&first, &sql).await {
                 return Ok(()); // refused by the server: it changed nothing
             }
-            match (&read.pin, &read.setting) {
+            match (&read.pin, read.settings.first()) {
                 (Some(_), _) => {} // kept on its server: nothing to compare
                 (None, Some(SettingChange::Set(name, replay))) => {
                     prop_assert!(
