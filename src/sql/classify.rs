@@ -102,9 +102,49 @@ const ADVISORY_LOCKS: &[&str] = &[
     "pg_try_advisory_lock_shared",
 ];
 
+/// Words one of which every query that matters contains, in any case: SET, RESET,
+/// set_config, DISCARD, DEALLOCATE, PREPARE, LISTEN, HOLD, TEMP, pg_temp, advisory
+/// locks, LOAD, DO, and `U&` (whose escapes could spell any of them). A query with
+/// none of them is plain without being lexed: the usual SELECT, INSERT or UPDATE
+/// costs one pass over its bytes and no allocation.
+const NEEDLES: &[&[u8]] = &[
+    b"set",
+    b"discard",
+    b"deallocate",
+    b"prepare",
+    b"listen",
+    b"hold",
+    b"temp",
+    b"advisory",
+    b"load",
+    b"do",
+    b"u&",
+];
+
+fn may_matter(sql: &[u8]) -> bool {
+    for (i, &c) in sql.iter().enumerate() {
+        let c = c.to_ascii_lowercase();
+        if !matches!(c, b's' | b'd' | b'p' | b'l' | b'h' | b't' | b'a' | b'u') {
+            continue;
+        }
+        let rest = &sql[i..];
+        if NEEDLES.iter().any(|needle| {
+            needle[0] == c
+                && rest.len() >= needle.len()
+                && rest[..needle.len()].eq_ignore_ascii_case(needle)
+        }) {
+            return true;
+        }
+    }
+    false
+}
+
 /// Classifies a query (one or more statements). `standard_strings`: the session's
 /// `standard_conforming_strings`.
 pub fn classify(sql: &[u8], standard_strings: bool) -> Classified {
+    if !may_matter(sql) {
+        return Classified::default();
+    }
     let mut lexer = Lexer::new(sql, standard_strings);
     let first = classify_tokens(&mut lexer);
     if !lexer.saw_backslash || !standard_strings {
@@ -286,7 +326,8 @@ fn scan_calls_and_temp(tokens: &[Token<'_>]) -> Option<Pin> {
             Kind::Word => token.text.to_ascii_lowercase(),
             Kind::QuotedIdent => match identifier(token) {
                 Some(name) => name,
-                None => continue,
+                // U&"…": its escapes could name any function.
+                None => return Some(Pin::Unreadable),
             },
             _ => continue,
         };

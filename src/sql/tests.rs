@@ -39,11 +39,22 @@ fn session_features_pin() {
         ("select set_config('a.b', 'c')", Pin::SetConfig),
         ("DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$", Pin::Do),
         ("LOAD 'auto_explain'", Pin::Load),
-        ("select 'unterminated", Pin::Unreadable),
-        ("select 1 /* open", Pin::Unreadable),
+        ("select 'unterminated set", Pin::Unreadable),
+        ("select set_config /* open", Pin::Unreadable),
+        (
+            "select U&\"\\0073et_config\"('a', 'b', false)",
+            Pin::Unreadable,
+        ),
     ] {
         assert_eq!(pin(sql), Some(expected), "{sql}");
     }
+}
+
+#[test]
+fn text_with_no_word_that_matters_is_plain_unread() {
+    // Whatever its quotes mean, none of its tokens can be a keyword that matters.
+    assert!(of("select 'unterminated").is_plain());
+    assert!(of("select 1 /* open").is_plain());
 }
 
 #[test]
@@ -193,6 +204,7 @@ fn statement_effects_follow_statement_order() {
     assert_eq!(of("DISCARD ALL").effects, Some(vec![Effect::DiscardAll]));
     assert_eq!(of("DISCARD PLANS").effects, None);
     assert!(of("select 1").is_plain());
+    assert!(of("SELECT abalance FROM pgbench_accounts WHERE aid = $1").is_plain());
 }
 
 #[test]
