@@ -41,6 +41,7 @@ impl App {
         let pools = Arc::new(Pools::new(
             settings.pool.clone(),
             settings.proxy.max_message_size,
+            settings.proxy.pool_mode,
         ));
         Arc::new(App {
             settings,

@@ -99,6 +99,10 @@ pub struct PoolSettings {
     /// a tenant waiting for room (its turn): long enough to amortise opening one.
     #[serde(with = "humantime_serde")]
     pub host_turn: Duration,
+    /// In transaction mode, schema tenants of one host, database and role share
+    /// server connections; search_path follows each client. A tenant may opt out
+    /// with `share = false` in the registry.
+    pub share_schema_tenants: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -142,6 +146,7 @@ impl Default for PoolSettings {
             max_lifetime: Duration::from_secs(3600),
             reset_query: "DISCARD ALL".into(),
             host_turn: Duration::from_millis(100),
+            share_schema_tenants: true,
         }
     }
 }

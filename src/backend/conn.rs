@@ -1,6 +1,7 @@
 //! One open server connection and the exchanges the proxy runs on it by itself.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -30,6 +31,19 @@ pub const CLIENT_PARAMETERS: &[&str] = &[
 /// value cannot hold NUL, so a leading NUL marks these.
 pub fn replayed(statement: &str) -> String {
     format!("\0{statement}")
+}
+
+/// The statement that gives a session one of a client's followed settings: its own
+/// SET replayed, else a `set_config` call.
+pub fn setting_statement(name: &str, value: &str) -> String {
+    match value.strip_prefix('\0') {
+        Some(statement) => statement.to_string(),
+        None => format!(
+            "SELECT pg_catalog.set_config({}, {}, false)",
+            literal(name),
+            literal(value)
+        ),
+    }
 }
 
 /// How long `close` waits for the server to end the session.
@@ -94,6 +108,12 @@ pub struct ServerConn {
     /// The server's statements turned out to differ from `prepared`: it is closed
     /// instead of going back to the pool.
     pub out_of_step: bool,
+    /// Shared by schema tenants: opened without a search_path, which follows each
+    /// client instead (`path`), and is left out of `sync_params`.
+    pub shared: bool,
+    /// The search_path statement known to be in force (its transaction committed);
+    /// `None`: the server's default, or not known.
+    pub path: Option<Arc<str>>,
     pub created: Instant,
     /// When startup finished and the connection could serve its tenant: its host turn
     /// counts from here (opening one can take long on a busy server).
@@ -120,6 +140,8 @@ impl ServerConn {
             status: b'I',
             prepared: PreparedCache::new(DEFAULT_PREPARED_CAPACITY),
             out_of_step: false,
+            shared: false,
+            path: None,
             created: now,
             ready_at: now,
             last_used: now,
@@ -237,6 +259,8 @@ impl ServerConn {
             self.simple_query("ROLLBACK").await?;
         }
         if !reset_query.is_empty() {
+            // Whatever the reset did to search_path, it is set again before use.
+            self.path = None;
             self.simple_query(reset_query).await?;
             self.applied.clear();
             for effect in classify(reset_query.as_bytes(), true)
@@ -310,7 +334,7 @@ impl ServerConn {
             self.applied.remove(name);
         }
         for (name, value) in wanted {
-            if !CLIENT_PARAMETERS.contains(&name.as_str()) {
+            if !CLIENT_PARAMETERS.contains(&name.as_str()) && !self.follows_path(name) {
                 self.applied.insert(name.clone(), value.clone());
             }
         }
@@ -334,8 +358,14 @@ impl ServerConn {
             .iter()
             .filter(|(name, _)| !wanted.iter().any(|(n, _)| n == name));
         wanted.iter().chain(unasked).filter(|(name, value)| {
-            self.params.get(name).or_else(|| self.applied.get(name)) != Some(value)
+            !self.follows_path(name)
+                && self.params.get(name).or_else(|| self.applied.get(name)) != Some(value)
         })
+    }
+
+    /// search_path on a shared server is set through `path`, not as a setting.
+    pub fn follows_path(&self, name: &str) -> bool {
+        self.shared && name == "search_path"
     }
 
     /// Settings another client applied here that this one did not ask for.

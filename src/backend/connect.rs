@@ -84,6 +84,16 @@ pub fn search_path_option(schemas: &[String]) -> String {
     option
 }
 
+/// `SET search_path TO "a", "b"`: every schema quoted (a schema may be named like a
+/// keyword), for a server shared by schema tenants.
+pub fn search_path_statement(schemas: &[String]) -> String {
+    let quoted: Vec<String> = schemas
+        .iter()
+        .map(|s| format!("\"{}\"", s.replace('"', "\"\"")))
+        .collect();
+    format!("SET search_path TO {}", quoted.join(", "))
+}
+
 /// Opens and authenticates a server connection; the whole exchange is bounded by
 /// `timeout`, so a host that accepts TCP but never answers does not hang a client.
 pub async fn connect(
@@ -160,6 +170,10 @@ mod tests {
         assert_eq!(
             search_path_option(&["Odd Name".into(), "a\"b".into(), "$user".into()]),
             "-c search_path=\"Odd\\ Name\",\"a\"\"b\",\"$user\""
+        );
+        assert_eq!(
+            search_path_statement(&["tenant_acme".into(), "Odd \"x\"".into()]),
+            "SET search_path TO \"tenant_acme\", \"Odd \"\"x\"\"\""
         );
         assert_eq!(
             search_path_option(&["x\\y".into()]),

@@ -6,6 +6,8 @@ mod conn;
 mod connect;
 mod prepared;
 
-pub use conn::{replayed, Greeting, ServerConn, CLIENT_PARAMETERS};
-pub use connect::{connect, search_path_option, send_cancel, BackendError, BackendTarget};
+pub use conn::{replayed, setting_statement, Greeting, ServerConn, CLIENT_PARAMETERS};
+pub use connect::{
+    connect, search_path_option, search_path_statement, send_cancel, BackendError, BackendTarget,
+};
 pub use prepared::PreparedCache;

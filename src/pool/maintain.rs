@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::Pools;
+use super::{tenant, Pools};
 use crate::backend;
 
 impl Pools {
@@ -16,8 +16,14 @@ impl Pools {
         // Per host: how many more idle connections to close for tenants waiting there.
         let mut owed: HashMap<String, usize> = HashMap::new();
         let mut someone_waits = false;
+        // Shared sets keep what their most demanding active tenant keeps.
+        let mut keep: HashMap<*const tenant::IdleSet, usize> = HashMap::new();
         for pool in self.pools.iter() {
             pool.reap(idle_timeout, max_lifetime);
+            if pool.is_shared() {
+                let k = keep.entry(Arc::as_ptr(&pool.idle)).or_default();
+                *k = (*k).max(pool.keep(idle_timeout));
+            }
             // Tenants wait for room on this host: idle connections whose turn is over
             // are closed, and their places go to the waiters in order.
             let owed = owed
@@ -50,6 +56,7 @@ impl Pools {
                         Ok(mut conn) => {
                             conn.prepared =
                                 backend::PreparedCache::new(pools.settings.max_prepared_statements);
+                            conn.shared = pool.is_shared();
                             pool.opened(&conn);
                             pool.give_back(Box::new(conn), budget);
                         }
@@ -66,6 +73,13 @@ impl Pools {
         self.pools.retain(|_, pool| {
             Arc::strong_count(pool) > 1 || !pool.is_empty() || pool.warm_deficit(idle_timeout) > 0
         });
+        for set in self.shared.iter() {
+            let keep = keep.get(&Arc::as_ptr(set.value())).copied().unwrap_or(0);
+            set.reap(keep, idle_timeout, max_lifetime);
+        }
+        // A set no pool uses and that holds nothing goes.
+        self.shared
+            .retain(|_, set| Arc::strong_count(set) > 1 || set.len() > 0);
         // Greetings no pool uses any more go with their last pool.
         self.greetings
             .retain(|_, greeting| Arc::strong_count(greeting) > 1);

@@ -4,6 +4,11 @@
 //! semaphore); a host's budget bounds all tenants on that host together. When a host is
 //! at its budget, the least recently used idle connection of another tenant there is
 //! closed before anyone waits. Pools are made on first use and dropped when empty.
+//!
+//! In transaction mode, schema tenants of one (host, database, role) share their idle
+//! server connections (`pool.share_schema_tenants`): each keeps its own slots (its
+//! `pool_size` caps the servers it holds at once), the set holds the idle servers,
+//! and the search_path follows the client (`PoolHandle::path`).
 
 mod budget;
 mod conn;
@@ -20,10 +25,10 @@ pub use conn::PooledConn;
 pub use maintain::run_maintenance;
 
 use budget::HostBudget;
-use tenant::TenantPool;
+use tenant::{IdleSet, TenantPool};
 
 use crate::backend::{self, BackendError, BackendTarget, Greeting};
-use crate::config::PoolSettings;
+use crate::config::{PoolMode, PoolSettings};
 use crate::registry::{Host, Tenant, TenantName};
 
 #[derive(Debug, thiserror::Error)]
@@ -55,9 +60,18 @@ impl PoolHandle {
         self.0.greeting()
     }
 
-    /// The pool's named statements as its servers know them.
+    /// The pool's named statements as its servers know them. Kept per tenant even
+    /// when servers are shared: each tenant's statements get their own names, so
+    /// their own plans under their own search_path.
     pub fn statements(&self) -> &statements::Statements {
         &self.0.statements
+    }
+
+    /// Shared servers: the statement that sets this tenant's search_path, which the
+    /// relay sends on a server before the client's first message there. `None`: the
+    /// tenant's servers carry its search_path from their startup.
+    pub fn path(&self) -> Option<&Arc<str>> {
+        self.0.path.as_ref()
     }
 }
 
@@ -70,9 +84,13 @@ struct PoolKey {
 
 pub struct Pools {
     settings: PoolSettings,
+    /// The proxy's pool mode, for tenants that do not set their own.
+    default_mode: PoolMode,
     max_message: usize,
     pools: DashMap<PoolKey, Arc<TenantPool>>,
     hosts: DashMap<String, Arc<HostBudget>>,
+    /// Idle servers shared by schema tenants, by what they connect to (no search_path).
+    shared: DashMap<BackendTarget, Arc<IdleSet>>,
     /// By (address, database, role): what a fresh server session there reports.
     greetings: DashMap<(String, String, String), Arc<tenant::GreetingSlot>>,
     /// Wakes the upkeep task when a tenant starts waiting for room on a host: turns
@@ -81,12 +99,14 @@ pub struct Pools {
 }
 
 impl Pools {
-    pub fn new(settings: PoolSettings, max_message: usize) -> Pools {
+    pub fn new(settings: PoolSettings, max_message: usize, default_mode: PoolMode) -> Pools {
         Pools {
             settings,
+            default_mode,
             max_message,
             pools: DashMap::new(),
             hosts: DashMap::new(),
+            shared: DashMap::new(),
             greetings: DashMap::new(),
             upkeep: tokio::sync::Notify::new(),
         }
@@ -125,8 +145,9 @@ impl Pools {
         // Our own idle connection, else a new one within the host's budget, else an
         // idle connection of another tenant closed to make room, else wait for a change.
         let mut waiting = None;
+        let _counted = WaitCount::new(&pool.idle);
         let budget = loop {
-            let returned = pool.returned.notified();
+            let returned = pool.idle.returned.notified();
             tokio::pin!(returned);
             returned.as_mut().enable();
             while let Some(idle) = pool.take_idle() {
@@ -184,6 +205,7 @@ impl Pools {
             source,
         })?;
         conn.prepared = backend::PreparedCache::new(self.settings.max_prepared_statements);
+        conn.shared = pool.is_shared();
         pool.opened(&conn);
         tracing::debug!(tenant = %pool.tenant, address = %pool.target.address, "opened server connection");
         Ok(PooledConn::new(Box::new(conn), budget, slot, pool.clone()))
@@ -197,6 +219,13 @@ impl Pools {
     }
 
     fn pool_for(&self, tenant: &Tenant, host: &Host, client_user: &str) -> Arc<TenantPool> {
+        let mode = tenant.pool_mode.unwrap_or(self.default_mode);
+        // Schema tenants in transaction mode share servers opened without a
+        // search_path; the others keep theirs in the startup packet.
+        let shares = self.settings.share_schema_tenants
+            && mode == PoolMode::Transaction
+            && tenant.share != Some(false)
+            && !tenant.search_path.is_empty();
         let target = BackendTarget {
             address: host.address.clone(),
             database: tenant.database.clone(),
@@ -205,8 +234,13 @@ impl Pools {
                 .clone()
                 .unwrap_or_else(|| client_user.to_string()),
             password: tenant.backend_password.clone(),
-            search_path: tenant.search_path.clone(),
+            search_path: match shares {
+                true => Vec::new(),
+                false => tenant.search_path.clone(),
+            },
         };
+        let path: Option<Arc<str>> =
+            shares.then(|| backend::search_path_statement(&tenant.search_path).into());
         let key = PoolKey {
             tenant: tenant.name.clone(),
             user: target.user.clone(),
@@ -214,7 +248,10 @@ impl Pools {
         let size = tenant.pool_size.unwrap_or(self.settings.pool_size);
         let min_idle = tenant.min_idle.unwrap_or(self.settings.min_idle).min(size);
         let same = |pool: &TenantPool| {
-            pool.target == target && pool.size == size && pool.min_idle == min_idle
+            pool.target == target
+                && pool.size == size
+                && pool.min_idle == min_idle
+                && pool.path == path
         };
         if let Some(pool) = self.pools.get(&key) {
             if same(&pool) {
@@ -233,15 +270,19 @@ impl Pools {
             ))
             .or_default()
             .clone();
+        let shared = path.as_ref().map(|path| {
+            let set = self.shared.entry(target.clone()).or_default().clone();
+            (set, path.clone())
+        });
         let new_pool = || {
             TenantPool::new(
                 tenant.name.clone(),
                 host.name.clone(),
                 target.clone(),
-                size,
-                min_idle,
+                (size, min_idle),
                 budget.clone(),
                 greeting.clone(),
+                shared.clone(),
             )
         };
         let mut entry = self.pools.entry(key).or_insert_with(new_pool);
@@ -278,7 +319,8 @@ impl Pools {
         let mut oldest: Option<(Instant, Arc<TenantPool>)> = None;
         for pool in self.pools.iter() {
             let pool = pool.value();
-            if Arc::ptr_eq(pool, asking) || pool.budget.address != asking.budget.address {
+            if Arc::ptr_eq(&pool.idle, &asking.idle) || pool.budget.address != asking.budget.address
+            {
                 continue;
             }
             if let Some(since) = pool.oldest_evictable_idle() {
@@ -300,5 +342,24 @@ impl Pools {
 
     pub fn pool_count(&self) -> usize {
         self.pools.len()
+    }
+}
+
+/// Counts a client waiting for a server of its pool's idle set, for as long as it waits.
+struct WaitCount<'a>(&'a IdleSet);
+
+impl<'a> WaitCount<'a> {
+    fn new(set: &'a IdleSet) -> Self {
+        set.waiting
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        WaitCount(set)
+    }
+}
+
+impl Drop for WaitCount<'_> {
+    fn drop(&mut self) {
+        self.0
+            .waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }

@@ -14,13 +14,15 @@ use bytes::{BufMut, Bytes};
 
 use crate::protocol::frame::read_cstr;
 use crate::protocol::messages;
-use crate::sql::{classify, Classified, Effect, SettingChange};
+use crate::sql::{classify, Classified, Effect, PathReset, SettingChange};
 
 /// What a statement does when executed, noted when it completes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Note {
     pub setting: Option<SettingChange>,
     pub effect: Effect,
+    /// It puts search_path back to the server's default.
+    pub path_reset: Option<PathReset>,
 }
 
 impl Note {
@@ -37,9 +39,11 @@ impl Note {
             .and_then(|e| e.first().cloned())
             .unwrap_or_default();
         let setting = read.settings.first();
-        (setting.is_some() || effect != Effect::None).then(|| Note {
+        let path_reset = read.path_reset;
+        (setting.is_some() || effect != Effect::None || path_reset.is_some()).then(|| Note {
             setting: setting.cloned(),
             effect,
+            path_reset,
         })
     }
 }

@@ -14,6 +14,44 @@ use crate::registry::{HostName, TenantName};
 /// The greeting of one (host, database, role): the same for each tenant there.
 pub(super) type GreetingSlot = Mutex<Option<Arc<Greeting>>>;
 
+/// Idle server connections, most recently used last: a tenant's own, or those of one
+/// (host, database, role) that its schema tenants share.
+#[derive(Default)]
+pub(super) struct IdleSet {
+    idle: Mutex<Vec<Idle>>,
+    /// Fired when a connection comes back idle, for clients waiting on a full host.
+    pub(super) returned: tokio::sync::Notify,
+    /// Clients of the set's pools waiting for a connection on a full host: one that
+    /// comes back stays for them rather than being closed for another pool.
+    pub(super) waiting: std::sync::atomic::AtomicUsize,
+}
+
+impl IdleSet {
+    pub(super) fn len(&self) -> usize {
+        self.idle.lock().unwrap().len()
+    }
+
+    /// Closes idle connections that have lived past `max_lifetime`, and those idle
+    /// past `idle_timeout` beyond the `keep` most recently used.
+    pub(super) fn reap(&self, keep: usize, idle_timeout: Duration, max_lifetime: Duration) {
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap();
+        let (expired, mut live): (Vec<Idle>, Vec<Idle>) = idle
+            .drain(..)
+            .partition(|i| now.duration_since(i.conn.created) >= max_lifetime);
+        // Oldest first: close those past idle_timeout while more than `keep` remain.
+        let mut closing = expired;
+        while live.len() > keep && now.duration_since(live[0].since) >= idle_timeout {
+            closing.push(live.remove(0));
+        }
+        *idle = live;
+        drop(idle);
+        for i in closing {
+            close_later(i.conn, i.budget, None);
+        }
+    }
+}
+
 /// An idle connection and the host-budget permit it holds while open.
 pub(super) struct Idle {
     pub(super) conn: Box<ServerConn>,
@@ -31,12 +69,12 @@ pub(super) struct TenantPool {
     pub(super) min_idle: usize,
     /// One permit per connection a client may hold; FIFO, so waiters are served in order.
     pub(super) slots: Arc<Semaphore>,
-    /// Most recently used last.
-    idle: Mutex<Vec<Idle>>,
+    /// Its own idle connections, or the set it shares with the other schema tenants
+    /// of its host, database and role.
+    pub(super) idle: Arc<IdleSet>,
+    /// Shared: the statement that sets the tenant's search_path on a server.
+    pub(super) path: Option<Arc<str>>,
     pub(super) budget: Arc<HostBudget>,
-    /// Fired when a connection comes back idle, for clients of this tenant waiting on
-    /// a full host.
-    pub(super) returned: tokio::sync::Notify,
     /// When a client last checked a connection out (or the pool was made).
     last_active: Mutex<Instant>,
     /// Connections being opened in the background to reach `min_idle`.
@@ -55,11 +93,15 @@ impl TenantPool {
         tenant: TenantName,
         host: HostName,
         target: BackendTarget,
-        size: usize,
-        min_idle: usize,
+        (size, min_idle): (usize, usize),
         budget: Arc<HostBudget>,
         greeting: Arc<GreetingSlot>,
+        shared: Option<(Arc<IdleSet>, Arc<str>)>,
     ) -> Arc<TenantPool> {
+        let (idle, path) = match shared {
+            Some((set, path)) => (set, Some(path)),
+            None => (Arc::default(), None),
+        };
         Arc::new(TenantPool {
             tenant,
             host,
@@ -68,9 +110,9 @@ impl TenantPool {
             size,
             min_idle: min_idle.min(size),
             slots: Arc::new(Semaphore::new(size)),
-            idle: Mutex::new(Vec::new()),
+            idle,
+            path,
             budget,
-            returned: tokio::sync::Notify::new(),
             last_active: Mutex::new(Instant::now()),
             warming: std::sync::atomic::AtomicUsize::new(0),
             retired: AtomicBool::new(false),
@@ -88,9 +130,24 @@ impl TenantPool {
         self.greeting.lock().unwrap().clone()
     }
 
+    /// An idle connection, most recently used first; from a shared set, one that
+    /// already has this tenant's search_path if there is one.
     pub(super) fn take_idle(&self) -> Option<Idle> {
         *self.last_active.lock().unwrap() = Instant::now();
-        self.idle.lock().unwrap().pop()
+        let mut idle = self.idle.idle.lock().unwrap();
+        if let Some(path) = &self.path {
+            if let Some(at) = idle
+                .iter()
+                .rposition(|i| i.conn.path.as_deref() == Some(&**path))
+            {
+                return Some(idle.remove(at));
+            }
+        }
+        idle.pop()
+    }
+
+    pub(super) fn is_shared(&self) -> bool {
+        self.path.is_some()
     }
 
     /// An idle connection may go to another tenant once it has served this one for
@@ -101,37 +158,45 @@ impl TenantPool {
     }
 
     pub(super) fn oldest_evictable_idle(&self) -> Option<Instant> {
-        let idle = self.idle.lock().unwrap();
+        let idle = self.idle.idle.lock().unwrap();
         idle.iter().find(|i| self.turn_over(i)).map(|i| i.since)
     }
 
     pub(super) fn take_oldest_evictable_idle(&self) -> Option<Idle> {
-        let mut idle = self.idle.lock().unwrap();
+        let mut idle = self.idle.idle.lock().unwrap();
         let at = idle.iter().position(|i| self.turn_over(i))?;
         Some(idle.remove(at))
     }
 
+    /// The registry changed this tenant's target. A shared set keeps its idle
+    /// connections: they still serve its other tenants.
     pub(super) fn retire(&self) {
         self.retired.store(true, Ordering::Relaxed);
-        for idle in self.idle.lock().unwrap().drain(..) {
+        if self.is_shared() {
+            return;
+        }
+        for idle in self.idle.idle.lock().unwrap().drain(..) {
             close_later(idle.conn, idle.budget, None);
         }
     }
 
     pub(super) fn give_back(&self, conn: Box<ServerConn>, budget: BudgetPermit) {
         let turn_over = conn.ready_at.elapsed() >= self.budget.turn;
-        if self.retired.load(Ordering::Relaxed) || (turn_over && self.budget.has_waiters()) {
+        // A shared connection serves the set's next client before anyone elsewhere.
+        let retired = self.retired.load(Ordering::Relaxed) && !self.is_shared();
+        let set_waits = self.idle.waiting.load(Ordering::Relaxed) > 0;
+        if retired || (turn_over && !set_waits && self.budget.has_waiters()) {
             // Retired, or its turn is over and another tenant waits for room on this
             // host: close this connection and let its permit go back (to them).
             close_later(conn, budget, None);
             return;
         }
-        self.idle.lock().unwrap().push(Idle {
+        self.idle.idle.lock().unwrap().push(Idle {
             conn,
             budget,
             since: Instant::now(),
         });
-        self.returned.notify_waiters();
+        self.idle.returned.notify_waiters();
     }
 
     pub(super) fn busy(&self) -> usize {
@@ -139,29 +204,27 @@ impl TenantPool {
     }
 
     pub(super) fn idle_count(&self) -> usize {
-        self.idle.lock().unwrap().len()
+        self.idle.len()
     }
 
     /// Closes idle connections that have lived past `max_lifetime`, and those idle
     /// past `idle_timeout` beyond the `min_idle` kept for an active tenant. A tenant
     /// with no client for `idle_timeout` keeps nothing.
     pub(super) fn reap(&self, idle_timeout: Duration, max_lifetime: Duration) {
-        let now = Instant::now();
-        let active = now.duration_since(*self.last_active.lock().unwrap()) < idle_timeout;
-        let keep = if active { self.min_idle } else { 0 };
-        let mut idle = self.idle.lock().unwrap();
-        let (expired, mut live): (Vec<Idle>, Vec<Idle>) = idle
-            .drain(..)
-            .partition(|i| now.duration_since(i.conn.created) >= max_lifetime);
-        // Oldest first: close those past idle_timeout while more than `keep` remain.
-        let mut closing = expired;
-        while live.len() > keep && now.duration_since(live[0].since) >= idle_timeout {
-            closing.push(live.remove(0));
+        // A shared set is reaped once for all its tenants (`Pools::maintain`).
+        if !self.is_shared() {
+            self.idle
+                .reap(self.keep(idle_timeout), idle_timeout, max_lifetime);
         }
-        *idle = live;
-        drop(idle);
-        for i in closing {
-            close_later(i.conn, i.budget, None);
+    }
+
+    /// Idle connections to keep for this tenant: `min_idle` while it is active.
+    pub(super) fn keep(&self, idle_timeout: Duration) -> usize {
+        let active = self.last_active.lock().unwrap().elapsed() < idle_timeout;
+        if active {
+            self.min_idle
+        } else {
+            0
         }
     }
 
@@ -179,7 +242,9 @@ impl TenantPool {
             .min(self.size.saturating_sub(open))
     }
 
+    /// Holds nothing: no connection lent, none idle of its own (a shared set's idle
+    /// connections are the set's).
     pub(super) fn is_empty(&self) -> bool {
-        self.busy() == 0 && self.idle_count() == 0
+        self.busy() == 0 && (self.is_shared() || self.idle_count() == 0)
     }
 }

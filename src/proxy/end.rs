@@ -24,6 +24,8 @@ pub enum End {
     Shutdown,
     /// The client named more statements than `pool.max_client_statements`.
     TooManyStatements(usize),
+    /// A shared server refused the search_path the proxy set for the client.
+    PathNotSet(Box<crate::protocol::messages::ErrorFields>),
     /// Not an end: the client was quiet long enough to wait without a task
     /// (`park.rs`); the parking lot serves it again when it sends something.
     Parked,
@@ -49,6 +51,13 @@ impl End {
             End::TooManyStatements(max) => Some(Refusal::new(
                 sqlstate::CONFIGURATION_LIMIT_EXCEEDED,
                 format!("too many prepared statements: a client may hold {max} (pool.max_client_statements); close the ones no longer used"),
+            )),
+            End::PathNotSet(e) => Some(Refusal::new(
+                sqlstate::CONNECTION_FAILURE,
+                format!(
+                    "the server connection refused the tenant's search_path ({}: {}) and was closed; a statement sent with it may have run under the server's previous search_path",
+                    e.code, e.message
+                ),
             )),
             End::Shutdown => Some(Refusal::new(
                 sqlstate::ADMIN_SHUTDOWN,

@@ -55,6 +55,7 @@ struct RawTenant {
     pool_size: Option<usize>,
     min_idle: Option<usize>,
     pool_mode: Option<PoolMode>,
+    share: Option<bool>,
 }
 
 /// Reads and validates the registry file.
@@ -148,6 +149,7 @@ pub fn parse(text: &str, file: &str) -> Result<Snapshot, RegistryFileError> {
             pool_size: raw_tenant.pool_size,
             min_idle: raw_tenant.min_idle,
             pool_mode: raw_tenant.pool_mode,
+            share: raw_tenant.share,
         };
         if name == TEMPLATE_KEY {
             template = Some(tenant);

@@ -70,6 +70,9 @@ pub struct Tenant {
     /// Idle server connections kept open while the tenant is active.
     pub min_idle: Option<usize>,
     pub pool_mode: Option<PoolMode>,
+    /// `Some(false)`: keep dedicated server connections even where schema tenants
+    /// share them (`pool.share_schema_tenants`).
+    pub share: Option<bool>,
 }
 
 /// The part of the template entry `[tenants."*"]` that is filled in per tenant.
@@ -129,6 +132,7 @@ impl Snapshot {
             pool_size: template.pool_size,
             min_idle: template.min_idle,
             pool_mode: template.pool_mode,
+            share: template.share,
         }))
     }
 
@@ -188,6 +192,7 @@ mod tests {
             pool_size: None,
             min_idle: None,
             pool_mode: None,
+            share: None,
         }
     }
 

@@ -78,9 +78,24 @@ pub enum Effect {
     DiscardAll,
 }
 
+/// A statement that puts search_path back to the server's default, which on a
+/// connection shared by schema tenants is not the tenant's schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathReset {
+    /// RESET search_path, SET search_path TO DEFAULT, RESET ALL, DISCARD ALL.
+    Session,
+    /// SET LOCAL search_path TO DEFAULT: until the transaction ends.
+    Local,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Classified {
     pub pin: Option<Pin>,
+    /// The query's last statement resets search_path (see `PathReset`).
+    pub path_reset: Option<PathReset>,
+    /// A statement resets search_path and others follow it in the same query: they
+    /// would run under the server's default path.
+    pub path_reset_before_more: bool,
     /// Session settings the query changes, in order (none when it pins).
     pub settings: Vec<SettingChange>,
     /// One per statement, in order; `None` when no statement has an effect.
@@ -90,7 +105,11 @@ pub struct Classified {
 impl Classified {
     /// Nothing to note: the query cannot change what the proxy tracks.
     pub fn is_plain(&self) -> bool {
-        self.pin.is_none() && self.settings.is_empty() && self.effects.is_none()
+        self.pin.is_none()
+            && self.settings.is_empty()
+            && self.effects.is_none()
+            && self.path_reset.is_none()
+            && !self.path_reset_before_more
     }
 }
 
@@ -170,6 +189,8 @@ fn classify_tokens(lexer: &mut Lexer<'_>) -> Classified {
     let mut statements = 0usize;
     let mut transaction_control = false;
     let mut pin = None;
+    let mut path_reset = None;
+    let mut path_reset_before_more = false;
     let mut tokens: Vec<Token<'_>> = Vec::new();
     let mut finish = |tokens: &mut Vec<Token<'_>>, pin: &mut Option<Pin>| {
         if tokens.is_empty() {
@@ -178,6 +199,8 @@ fn classify_tokens(lexer: &mut Lexer<'_>) -> Classified {
         statements += 1;
         transaction_control |= TRANSACTION_CONTROL.iter().any(|k| tokens[0].is(k));
         let read = read_statement(tokens);
+        path_reset_before_more |= path_reset.is_some();
+        path_reset = resets_path(tokens, &read);
         if pin.is_none() {
             *pin = read.pin;
         }
@@ -207,12 +230,41 @@ fn classify_tokens(lexer: &mut Lexer<'_>) -> Classified {
     }
     Classified {
         pin,
+        path_reset,
+        path_reset_before_more,
         settings: if pin.is_none() { settings } else { Vec::new() },
         effects: effects
             .iter()
             .any(|e| *e != Effect::None)
             .then_some(effects),
     }
+}
+
+/// Whether one statement puts search_path back to the server's default.
+fn resets_path(tokens: &[Token<'_>], read: &Read) -> Option<PathReset> {
+    match &read.setting {
+        Some(SettingChange::ResetAll) => return Some(PathReset::Session),
+        Some(SettingChange::Reset(name)) if name == "search_path" => {
+            return Some(PathReset::Session)
+        }
+        _ => {}
+    }
+    // SET LOCAL search_path TO DEFAULT / SET LOCAL SCHEMA DEFAULT (not followed:
+    // transaction-local).
+    let word = |i: usize, k: &str| tokens.get(i).is_some_and(|t| t.is(k));
+    if !(word(0, "set") && word(1, "local") && tokens.last().is_some_and(|t| t.is("default"))) {
+        return None;
+    }
+    let named = match tokens.get(2).and_then(identifier) {
+        Some(name) => name.eq_ignore_ascii_case(b"search_path"),
+        None => false,
+    };
+    let local = match tokens.len() {
+        4 => word(2, "schema"),
+        5 => named && (word(3, "to") || tokens[3].text == b"="),
+        _ => false,
+    };
+    local.then_some(PathReset::Local)
 }
 
 /// Statements that end or start a transaction inside a query of several.

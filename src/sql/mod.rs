@@ -8,4 +8,4 @@ mod set;
 #[cfg(test)]
 mod tests;
 
-pub use classify::{classify, identifier, Classified, Effect, Pin, SettingChange};
+pub use classify::{classify, identifier, Classified, Effect, PathReset, Pin, SettingChange};

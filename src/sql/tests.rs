@@ -258,3 +258,42 @@ proptest! {
         prop_assert_eq!(plain, commented);
     }
 }
+
+#[test]
+fn statements_that_put_search_path_back_to_the_default() {
+    use super::PathReset::{Local, Session};
+    for sql in [
+        "RESET search_path",
+        "reset \"search_path\"",
+        "SET search_path TO DEFAULT",
+        "set session search_path = default",
+        "SET SCHEMA DEFAULT",
+        "RESET ALL",
+        "DISCARD ALL",
+        "SELECT 1; RESET ALL",
+    ] {
+        let read = of(sql);
+        assert_eq!(read.path_reset, Some(Session), "{sql}");
+        assert!(!read.path_reset_before_more, "{sql}");
+        assert!(!read.is_plain(), "{sql}");
+    }
+    for sql in [
+        "SET LOCAL search_path TO DEFAULT",
+        "set local schema default",
+    ] {
+        assert_eq!(of(sql).path_reset, Some(Local), "{sql}");
+        assert!(!of(sql).is_plain(), "{sql}");
+    }
+    for sql in [
+        "SET search_path TO a",
+        "SET LOCAL search_path TO a",
+        "RESET work_mem",
+        "DISCARD PLANS",
+        "SELECT 'reset all'",
+    ] {
+        assert_eq!(of(sql).path_reset, None, "{sql}");
+    }
+    for sql in ["RESET ALL; SELECT 1", "DISCARD ALL; SELECT 1; SELECT 2"] {
+        assert!(of(sql).path_reset_before_more, "{sql}");
+    }
+}

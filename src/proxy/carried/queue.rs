@@ -19,7 +19,8 @@ use crate::backend::PreparedCache;
 use crate::pool::statements::{Note, Statement, Statements};
 use crate::protocol::frame::read_cstr;
 use crate::protocol::messages;
-use crate::sql::{Classified, Effect, SettingChange};
+use crate::protocol::messages::ErrorFields;
+use crate::sql::{Classified, Effect, PathReset, SettingChange};
 
 /// The client asked for more named statements than `pool.max_client_statements`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +79,40 @@ enum Expect {
     Answer(Bytes, Undo),
     /// The client ended a COPY (CopyDone/CopyFail) before the server started it.
     CopyEnd,
+    /// A query the proxy added that sets search_path on a shared server: every
+    /// answer but ParameterStatus is swallowed; its outcome goes to the relay.
+    Path {
+        statement: Arc<str>,
+        kind: PathSet,
+        error: Option<ErrorFields>,
+    },
+    /// A query the proxy refuses itself: this ErrorResponse, then ReadyForQuery with
+    /// the transaction status the server last reported.
+    Refuse(Bytes),
+}
+
+/// Why the proxy sets search_path on a shared server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathSet {
+    /// Attaching it: before the client's first message there.
+    Attach,
+    /// After a client's statement put the path back to the server's default.
+    Restore,
+    /// After a client's SET LOCAL search_path TO DEFAULT: until its transaction ends.
+    RestoreLocal,
+}
+
+/// What became of a search_path the proxy set, for the relay.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PathOutcome {
+    /// In force and committed: the server's path is now this one.
+    Confirmed(Arc<str>),
+    /// In force inside an open transaction, or not the session's: not known after it.
+    Unknown,
+    /// Undone with the transaction it ran in, or transaction-local: as it was.
+    Unchanged,
+    /// It failed although the client's statements did not: the server cannot be used.
+    Failed(Box<ErrorFields>),
 }
 
 /// What to take back on the client's side when the server skips a request (an
@@ -107,6 +142,8 @@ enum CopyIn {
 pub enum Verdict {
     Forward,
     Swallow,
+    /// Swallowed: the answer that settles a search_path the proxy set.
+    Path(PathOutcome),
 }
 
 /// One client's transaction-mode state.
@@ -123,6 +160,12 @@ pub struct Txn {
     max_statements: usize,
     /// The server's answers disagreed with the proxy's record of its statements.
     out_of_step: bool,
+    /// Transaction status of the last ReadyForQuery, for answers the proxy makes.
+    last_status: u8,
+    /// A client statement just sent puts search_path back to the default: restore
+    /// it now (after a query), or after the next Sync (extended protocol).
+    restore_now: Option<PathReset>,
+    restore_at_sync: Option<PathReset>,
 }
 
 fn frame(tag: u8, body: impl FnOnce(&mut BytesMut)) -> Bytes {
@@ -172,6 +215,7 @@ impl Txn {
         let first = read_cstr(body);
         match tag {
             b'Q' => {
+                self.restore_now = read.and_then(|r| r.path_reset);
                 self.queue.push_back(Expect::Query {
                     note: read.and_then(QueryNote::of),
                     failed: false,
@@ -191,10 +235,33 @@ impl Txn {
             }
             _ => {
                 let portal = first.map_or(&[][..], |(portal, _)| portal);
-                self.queue
-                    .push_back(Expect::Execute(self.follow.executing(portal)));
+                let note = self.follow.executing(portal);
+                if let Some(reset) = note.as_ref().and_then(|n| n.path_reset) {
+                    self.restore_at_sync = Some(reset);
+                }
+                self.queue.push_back(Expect::Execute(note));
             }
         }
+    }
+
+    /// Whether the message just sent calls for search_path to be restored right
+    /// after it (shared servers). Asking resets it.
+    pub fn take_restore(&mut self) -> Option<PathReset> {
+        self.restore_now.take()
+    }
+
+    /// The proxy sends a query that sets search_path (`statement`) on the server.
+    pub fn set_path(&mut self, statement: Arc<str>, kind: PathSet) {
+        self.queue.push_back(Expect::Path {
+            statement,
+            kind,
+            error: None,
+        });
+    }
+
+    /// Refuses a client's query with `error` (an ErrorResponse), answered in turn.
+    pub fn refuse(&mut self, error: Bytes) {
+        self.queue.push_back(Expect::Refuse(error));
     }
 
     /// Session settings whose transaction committed since last asked, oldest first.
@@ -204,6 +271,12 @@ impl Txn {
 
     /// Notes a client message forwarded unchanged.
     pub fn sent(&mut self, tag: u8) {
+        if tag == b'S' && self.copy != CopyIn::ServerIn {
+            // After the Sync that ends a batch with a reset, the path is restored.
+            if let Some(reset) = self.restore_at_sync.take() {
+                self.restore_now = Some(reset);
+            }
+        }
         match (tag, self.copy) {
             // Ignored by a server in copy-in mode: no answer will come.
             (b'S' | b'H', CopyIn::ServerIn) => return,
@@ -262,7 +335,11 @@ impl Txn {
                 true
             }
             b'Q' => read.is_some_and(|read| self.deallocate(read, None, &mut Vec::new())),
-            b'S' if self.queue.iter().all(|e| matches!(e, Expect::Answer(..))) => {
+            b'S' if self
+                .queue
+                .iter()
+                .all(|e| matches!(e, Expect::Answer(..) | Expect::Refuse(..))) =>
+            {
                 let ready = Bytes::from_static(b"Z\0\0\0\x05I");
                 self.queue.push_back(Expect::Answer(ready, Undo::Nothing));
                 true
@@ -514,16 +591,70 @@ impl Txn {
 
     /// Answers the proxy owes the client now that everything before them is answered.
     pub fn take_answers(&mut self, out: &mut Vec<Bytes>) {
-        while let Some(Expect::Answer(..)) = self.queue.front() {
-            if let Some(Expect::Answer(bytes, _)) = self.queue.pop_front() {
-                out.push(bytes);
+        while let Some(Expect::Answer(..) | Expect::Refuse(..)) = self.queue.front() {
+            match self.queue.pop_front() {
+                Some(Expect::Answer(bytes, _)) => out.push(bytes),
+                Some(Expect::Refuse(error)) => {
+                    out.push(error);
+                    let status = match self.last_status {
+                        0 => b'I',
+                        status => status,
+                    };
+                    out.push(frame(b'Z', |b| b.put_u8(status)));
+                }
+                _ => {}
             }
         }
+    }
+
+    /// A server message answering a search_path the proxy set (at the head of the
+    /// queue): swallowed but for ParameterStatus; its outcome noted at ReadyForQuery.
+    fn path_answer(&mut self, tag: u8, body: &[u8]) -> Verdict {
+        let Some(Expect::Path { error, .. }) = self.queue.front_mut() else {
+            return Verdict::Forward;
+        };
+        match tag {
+            b'S' | b'A' => return Verdict::Forward,
+            b'E' => {
+                error.get_or_insert(messages::parse_error_fields(body));
+            }
+            b'Z' => {
+                let status = body.first().copied().unwrap_or(b'I');
+                self.last_status = status;
+                let Some(Expect::Path {
+                    statement,
+                    kind,
+                    error,
+                }) = self.queue.pop_front()
+                else {
+                    unreachable!("matched above");
+                };
+                return Verdict::Path(match (error, kind) {
+                    // In a transaction that had already failed, the client's reset
+                    // failed as well: nothing changed.
+                    (Some(e), PathSet::Restore | PathSet::RestoreLocal) if e.code == "25P02" => {
+                        PathOutcome::Unchanged
+                    }
+                    (Some(e), _) => PathOutcome::Failed(Box::new(e)),
+                    (None, PathSet::RestoreLocal) => PathOutcome::Unchanged,
+                    (None, _) if status == b'I' => PathOutcome::Confirmed(statement),
+                    (None, _) => PathOutcome::Unknown,
+                });
+            }
+            _ => {}
+        }
+        Verdict::Swallow
     }
 
     /// Matches one server message (`body` without its header) against the queue; says
     /// whether the client gets it.
     pub fn received(&mut self, tag: u8, body: &[u8], server: &mut PreparedCache) -> Verdict {
+        if let Some(Expect::Path { .. }) = self.queue.front() {
+            return self.path_answer(tag, body);
+        }
+        if tag == b'Z' {
+            self.last_status = body.first().copied().unwrap_or(b'I');
+        }
         let verdict = match (tag, self.queue.front()) {
             (b'1', Some(Expect::Parse { swallow, .. })) => swallowed(*swallow),
             (b'3', Some(Expect::Close { evicted })) => swallowed(evicted.is_some()),
@@ -658,7 +789,7 @@ impl Txn {
         while let Some(front) = self.queue.front() {
             if matches!(
                 front,
-                Expect::Sync | Expect::Query { .. } | Expect::Function
+                Expect::Sync | Expect::Query { .. } | Expect::Function | Expect::Path { .. }
             ) {
                 break;
             }

@@ -95,7 +95,24 @@ pub fn follow_setting(
             .iter()
             .any(|p| p.eq_ignore_ascii_case(name))
     };
+    // On a shared server search_path is the client's tenant path unless the client
+    // set its own; either way the server's is no longer known to be a tenant's.
+    let touches_path = match &change {
+        SettingChange::Set(name, _) | SettingChange::Reset(name) => {
+            conn.follows_path(&name.to_ascii_lowercase())
+        }
+        SettingChange::ResetAll => conn.shared,
+    };
+    if touches_path {
+        conn.path = None;
+    }
     match change {
+        SettingChange::Set(name, statement) if touches_path => {
+            set_setting(settings, &name, &replayed(&statement));
+        }
+        SettingChange::Reset(name) if touches_path => {
+            settings.retain(|(n, _)| n != &name);
+        }
         SettingChange::Set(name, statement) if !reported(&name) => {
             let value = replayed(&statement);
             conn.note_setting(&name, Some(&value));

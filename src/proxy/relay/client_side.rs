@@ -53,6 +53,20 @@ impl Session<'_> {
                 }
                 _ => None,
             };
+            if read.as_ref().is_some_and(|r| r.path_reset_before_more)
+                && self.tenant_path().is_some()
+            {
+                // The statements after the reset would run under the server's default
+                // search_path, not the tenant's: refused whole, before anything runs.
+                if ready > 0 {
+                    self.to_server.push(self.client_in.split_to(ready).freeze());
+                    ready = 0;
+                }
+                self.client_in.advance(len);
+                self.txn.refuse(path_reset_refusal());
+                self.push_answers();
+                continue;
+            }
             if self.server.is_none() {
                 // Between transactions a named Parse, a bare Sync and a DEALLOCATE of
                 // the client's own statement are answered without a server, so
@@ -123,6 +137,11 @@ impl Session<'_> {
                 read.as_ref(),
             );
             ready += len;
+            if let Some(reset) = self.txn.take_restore() {
+                self.to_server.push(self.client_in.split_to(ready).freeze());
+                ready = 0;
+                self.restore_path(reset);
+            }
             if self.to_server.len() + ready >= bound {
                 break;
             }
@@ -206,6 +225,19 @@ impl Session<'_> {
             self.to_client.push(bytes);
         }
     }
+}
+
+/// The error for a query that resets search_path and then runs more statements on a
+/// server shared by schema tenants.
+fn path_reset_refusal() -> bytes::Bytes {
+    crate::protocol::messages::build(|buf| {
+        crate::protocol::messages::error_response(
+            buf,
+            crate::protocol::messages::Severity::Error,
+            crate::protocol::sqlstate::FEATURE_NOT_SUPPORTED,
+            "pgtenant: a query that resets search_path (RESET ALL, RESET search_path, DISCARD ALL, SET search_path TO DEFAULT) must be the query's last statement on a server shared by schema tenants; send the statements after it as a separate query",
+        )
+    })
 }
 
 /// The SQL text of a Query or Parse body (empty for other messages).

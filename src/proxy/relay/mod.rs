@@ -20,11 +20,12 @@ mod client_side;
 mod server_side;
 
 use crate::app::{App, ClientId};
+use crate::backend;
 use crate::config::PoolMode;
 use crate::pool::{PoolHandle, PooledConn};
 use crate::protocol::frame::frame_len;
 use crate::proxy::cancel::CancelHandle;
-use crate::proxy::carried::queue::Txn;
+use crate::proxy::carried::queue::{PathSet, Txn};
 use crate::proxy::carried::{disposition, Carried, Disposition};
 use crate::proxy::end::End;
 use crate::proxy::outbox::Outbox;
@@ -297,9 +298,61 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    fn attach(&mut self, server: PooledConn) {
-        self.cancel.set_server(Some(server.cancel_target()));
+    /// Takes `server` for this client's transaction. On a shared server whose
+    /// search_path is not the client's, the query that sets it goes first, pipelined
+    /// with the client's message; until it is confirmed a CancelRequest is not
+    /// passed on, so it can only reach the client's own statement.
+    fn attach(&mut self, mut server: PooledConn) {
+        let setting_path = self.set_path(&mut server);
+        self.cancel
+            .set_server((!setting_path).then(|| server.cancel_target()));
         self.server = Some(server);
+    }
+
+    /// The search_path statement of this client's tenant, when its servers are shared.
+    pub(super) fn tenant_path(&self) -> Option<&Arc<str>> {
+        self.pool.as_ref()?.1.path()
+    }
+
+    /// Queues the query that sets this client's search_path on a shared server whose
+    /// own differs: its own SET if it made one, else its tenant's. Returns whether
+    /// one was queued.
+    fn set_path(&mut self, server: &mut PooledConn) -> bool {
+        let conn = server.conn();
+        if !conn.shared {
+            return false;
+        }
+        let Some(tenant) = self.tenant_path() else {
+            return false;
+        };
+        let wanted: Arc<str> = match self.settings.iter().find(|(n, _)| n == "search_path") {
+            Some((name, value)) => backend::setting_statement(name, value).into(),
+            None => tenant.clone(),
+        };
+        if conn.path.as_deref() == Some(&*wanted) {
+            return false;
+        }
+        self.to_server.push(path_query(&wanted, true));
+        self.txn.set_path(wanted, PathSet::Attach);
+        true
+    }
+
+    /// After a client's statement put search_path back to the server's default (it
+    /// was just queued for the server): the tenant's is set again behind it.
+    pub(super) fn restore_path(&mut self, reset: sql::PathReset) {
+        let shared = self.server.as_ref().is_some_and(|s| s.get().shared);
+        let Some(tenant) = self.tenant_path().filter(|_| shared).cloned() else {
+            return;
+        };
+        let (statement, kind) = match reset {
+            sql::PathReset::Session => (tenant, PathSet::Restore),
+            sql::PathReset::Local => {
+                let local = tenant.replacen("SET ", "SET LOCAL ", 1);
+                (local.into(), PathSet::RestoreLocal)
+            }
+        };
+        self.to_server.push(path_query(&statement, false));
+        self.txn.set_path(statement, kind);
     }
 
     /// Transaction mode: lets go of the idle server at the end of a transaction.
@@ -377,6 +430,19 @@ impl<'a> Session<'a> {
             Disposition::Close(why) => tracing::debug!("closing its server connection: {why}"),
         }
     }
+}
+
+/// The query that sets search_path. `own_transaction`: it runs alone (attaching an
+/// idle server), so a client's statement_timeout is lifted for it: a timeout there
+/// would leave the server on another path.
+fn path_query(statement: &str, own_transaction: bool) -> bytes::Bytes {
+    let sql = match own_transaction {
+        true => format!("SET LOCAL statement_timeout = 0; {statement}"),
+        false => statement.to_string(),
+    };
+    let mut out = BytesMut::new();
+    crate::protocol::messages::query(&mut out, &sql);
+    out.freeze()
 }
 
 /// Whether `buf` starts with a whole frame (or one too long, which the frame loop

@@ -9,7 +9,7 @@ use crate::backend::CLIENT_PARAMETERS;
 use crate::config::PoolMode;
 use crate::protocol::frame::{frame_len, HEADER_LEN};
 use crate::protocol::messages::parse_parameter_status;
-use crate::proxy::carried::queue::Verdict;
+use crate::proxy::carried::queue::{PathOutcome, Verdict};
 use crate::proxy::carried::settings::{follow_setting, set_setting};
 use crate::proxy::end::End;
 use crate::sql;
@@ -27,6 +27,7 @@ impl Session<'_> {
         let conn = server.conn();
         let mut ready = 0;
         let mut idle = false;
+        let mut path_settled = false;
         loop {
             if self.server_stream > 0 {
                 let n = self.server_stream.min(conn.buf.len());
@@ -79,6 +80,11 @@ impl Session<'_> {
                             tracing::info!(client = %self.id, tenant = %self.resolved.tenant.name, parameter = name, "client pinned to its server connection: its role changed");
                             self.pinned = Some(sql::Pin::Role);
                         }
+                        // Servers that report search_path say when anything changed
+                        // it: it is no longer known to be a tenant's.
+                        if name == "search_path" {
+                            conn.path = None;
+                        }
                         let (name, value) = (name.to_string(), value.to_string());
                         conn.note_parameter(&name, &value);
                     }
@@ -92,6 +98,22 @@ impl Session<'_> {
                 &conn.buf[ready + HEADER_LEN..ready + len],
                 &mut conn.prepared,
             );
+            let verdict = match verdict {
+                Verdict::Path(outcome) => {
+                    match outcome {
+                        PathOutcome::Confirmed(path) => conn.path = Some(path),
+                        PathOutcome::Unknown => conn.path = None,
+                        PathOutcome::Unchanged => {}
+                        PathOutcome::Failed(e) => {
+                            tracing::warn!(client = %self.id, tenant = %self.resolved.tenant.name, code = %e.code, error = %e.message, "a shared server refused the tenant's search_path; closing it");
+                            return Err(End::PathNotSet(e));
+                        }
+                    }
+                    path_settled = true;
+                    Verdict::Swallow
+                }
+                verdict => verdict,
+            };
             if tag == b'E' && self.txn.take_out_of_step() {
                 tracing::warn!(client = %self.id, tenant = %self.resolved.tenant.name, "server's prepared statements differ from the proxy's record; it will be closed after this transaction");
                 conn.out_of_step = true;
@@ -114,9 +136,9 @@ impl Session<'_> {
             }
             if verdict == Verdict::Swallow {
                 conn.buf.advance(len);
-                continue;
+            } else {
+                ready += len;
             }
-            ready += len;
             if tag == b'Z'
                 && release_when_idle
                 && self.pinned.is_none()
@@ -126,6 +148,9 @@ impl Session<'_> {
                 idle = true;
                 break;
             }
+            if verdict == Verdict::Swallow {
+                continue;
+            }
             if self.to_client.len() + ready >= bound {
                 break;
             }
@@ -134,6 +159,11 @@ impl Session<'_> {
             self.to_client.push(conn.buf.split_to(ready).freeze());
         }
         self.push_answers();
+        if path_settled {
+            // The search_path set on attaching is in force: cancels may pass again.
+            let server = self.server.as_ref().expect("attached");
+            self.cancel.set_server(Some(server.cancel_target()));
+        }
         // Anything after the last ReadyForQuery (an async notice) keeps it attached.
         let conn = self.server.as_mut().expect("attached").conn();
         if idle && conn.buf.is_empty() && self.to_server.is_empty() {
