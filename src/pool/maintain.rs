@@ -30,7 +30,9 @@ impl Pools {
                 .entry(pool.budget.address.clone())
                 .or_insert_with(|| pool.budget.waiting());
             someone_waits |= *owed > 0;
-            while *owed > 0 {
+            // A shared set's idle servers stay for its own waiting clients.
+            let set_waits = pool.idle.waiting.load(Ordering::Relaxed) > 0;
+            while *owed > 0 && !set_waits {
                 let Some(idle) = pool.take_oldest_evictable_idle() else {
                     break;
                 };

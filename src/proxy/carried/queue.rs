@@ -1145,6 +1145,71 @@ mod tests {
         assert!(txn.is_idle());
     }
 
+    fn error(code: &str) -> Vec<u8> {
+        let mut b = vec![b'S'];
+        b.extend_from_slice(b"ERROR\0C");
+        b.extend_from_slice(code.as_bytes());
+        b.extend_from_slice(b"\0Mno\0\0");
+        b
+    }
+
+    #[test]
+    fn a_search_path_the_proxy_sets_is_swallowed_and_settled_at_ready() {
+        let (mut txn, mut cache) = (txn(), PreparedCache::new(10));
+        let path: Arc<str> = "SET search_path TO \"t\"".into();
+        // Attached: confirmed once its own transaction committed.
+        txn.set_path(path.clone(), PathSet::Attach);
+        txn.sent(b'Q');
+        assert_eq!(txn.received(b'C', b"SET\0", &mut cache), Verdict::Swallow);
+        assert_eq!(txn.received(b'S', b"", &mut cache), Verdict::Forward);
+        assert_eq!(
+            txn.received(b'Z', b"I", &mut cache),
+            Verdict::Path(PathOutcome::Confirmed(path.clone()))
+        );
+        assert_eq!(
+            txn.received(b'C', b"SELECT 1\0", &mut cache),
+            Verdict::Forward
+        );
+        txn.received(b'Z', b"I", &mut cache);
+        assert!(txn.is_idle());
+
+        // An error closes the server, whatever the client's statement did next.
+        txn.set_path(path.clone(), PathSet::Attach);
+        assert_eq!(
+            txn.received(b'E', &error("57014"), &mut cache),
+            Verdict::Swallow
+        );
+        assert!(matches!(
+            txn.received(b'Z', b"I", &mut cache),
+            Verdict::Path(PathOutcome::Failed(e)) if e.code == "57014"
+        ));
+
+        // Restoring after a reset in a block that had failed: the reset failed too.
+        txn.set_path(path.clone(), PathSet::Restore);
+        txn.received(b'E', &error("25P02"), &mut cache);
+        assert_eq!(
+            txn.received(b'Z', b"E", &mut cache),
+            Verdict::Path(PathOutcome::Unchanged)
+        );
+        // Restored inside an open block: not known once the block ends.
+        txn.set_path(path, PathSet::Restore);
+        txn.received(b'C', b"SET\0", &mut cache);
+        assert_eq!(
+            txn.received(b'Z', b"T", &mut cache),
+            Verdict::Path(PathOutcome::Unknown)
+        );
+    }
+
+    #[test]
+    fn a_refused_query_is_answered_with_the_last_status() {
+        let (mut txn, mut cache) = (txn(), PreparedCache::new(10));
+        txn.sent(b'Q');
+        txn.received(b'Z', b"T", &mut cache);
+        txn.refuse(frame(b'E', |_| {}));
+        assert_eq!(answers(&mut txn), b"EZ");
+        assert!(txn.is_idle());
+    }
+
     #[test]
     fn between_transactions_parse_and_sync_need_no_server() {
         let (mut txn, statements) = (txn(), Statements::default());
