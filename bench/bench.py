@@ -47,6 +47,9 @@ ROUNDS = env_int("BENCH_ROUNDS", 3)
 POOL = env_int("BENCH_POOL_SIZE", 20)
 HOST_BUDGET = env_int("BENCH_HOST_BUDGET", 100)
 TENANTS = env_int("BENCH_TENANTS", 1000)
+# The wide run: this many tenants × 1 client (0 skips it).
+WIDE = env_int("BENCH_WIDE_TENANTS", 10000)
+SCHEMAS = max(TENANTS, WIDE)
 CLIENTS = env_list("BENCH_CLIENTS", "1,16,64,256")
 IDLE_COUNTS = env_list("BENCH_IDLE_COUNTS", "2000,10000")
 CPU_TXNS = env_int("BENCH_CPU_TXNS", 100000)
@@ -66,6 +69,8 @@ LOAD_BIN = os.environ["LOAD_BIN"]
 IS_ROOT = os.geteuid() == 0
 TARGETS = ["direct", "pgtenant", "pgbouncer"]
 PROXIES = ["pgtenant", "pgbouncer"]
+# The many-tenants runs also put pgtenant with sharing off beside them.
+TENANT_TARGETS = ["pgtenant", "pgtenant-noshare", "pgbouncer"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -209,15 +214,15 @@ fsync = off
         log(f"pgbench -i -s {SCALE} bench")
         run([PGBENCH, "-i", "-s", str(SCALE), "-q", "-h", "127.0.0.1", "-p", str(self.port),
              "-U", "postgres", "bench"])
-        log(f"creating {TENANTS} schemas with kv(id, v) in database many")
-        for start in range(1, TENANTS + 1, 100):
-            end = min(start + 99, TENANTS)
+        log(f"creating {SCHEMAS} schemas with kv(id, v) in database many")
+        for start in range(1, SCHEMAS + 1, 100):
+            end = min(start + 99, SCHEMAS)
             self.psql("many", f"""
 DO $$
 DECLARE s text;
 BEGIN
   FOR i IN {start}..{end} LOOP
-    s := 'tenant_' || lpad(i::text, 4, '0');
+    s := 'tenant_' || CASE WHEN i < 10000 THEN lpad(i::text, 4, '0') ELSE i::text END;
     EXECUTE format('CREATE SCHEMA %I', s);
     EXECUTE format('CREATE TABLE %I.kv (id int PRIMARY KEY, v int)', s);
     EXECUTE format('INSERT INTO %I.kv SELECT g, g * %s FROM generate_series(1, 100) g', s, i);
@@ -279,8 +284,9 @@ class Proxy:
         return self.proc.pid
 
 
-def pgtenant_proxy(base, pg_port):
-    d = owned_dir(os.path.join(base, "pgtenant"))
+def pgtenant_proxy(base, pg_port, share=True):
+    name = "pgtenant" if share else "pgtenant-noshare"
+    d = owned_dir(os.path.join(base, name))
     port = free_port()
     lines = [
         "# Registry written by bench/bench.py.",
@@ -301,7 +307,7 @@ def pgtenant_proxy(base, pg_port):
         f'search_path = ["{schema_name(1)}"]',
         "",
     ]
-    for i in range(1, TENANTS + 1):
+    for i in range(1, SCHEMAS + 1):
         lines += [f"[tenants.{tenant_name(i)}]", 'host = "pg"', 'database = "many"',
                   f'search_path = ["{schema_name(i)}"]', f"pool_size = {TENANT_POOL}", ""]
     tenants = os.path.join(d, "tenants.toml")
@@ -319,14 +325,15 @@ max_client_conn = {MAX_CLIENT_CONN}
 
 [pool]
 pool_size = {POOL}
+share_schema_tenants = {"true" if share else "false"}
 
 [registry]
 file = "{tenants}"
 """)
-    proxy = Proxy("pgtenant", [PGTENANT_BIN, "serve", "--config", config],
-                  os.path.join(d, "pgtenant.log"), user_postgres=False)
+    proxy = Proxy(name, [PGTENANT_BIN, "serve", "--config", config],
+                  os.path.join(d, f"{name}.log"), user_postgres=False)
     proxy.port = port
-    proxy.config_files = [config, tenants]
+    proxy.config_files = [] if not share else [config, tenants]
     return proxy
 
 
@@ -344,7 +351,7 @@ def pgbouncer_proxy(base, pg_port):
         # option does too.
         f"single = {server} dbname=many connect_query='SET search_path TO {schema_name(1)}'",
     ]
-    for i in range(1, TENANTS + 1):
+    for i in range(1, SCHEMAS + 1):
         dbs.append(f"{tenant_name(i)} = {server} dbname=many pool_size={TENANT_POOL} "
                    f"connect_query='SET search_path TO {schema_name(i)}'")
     ini = os.path.join(d, "pgbouncer.ini")
@@ -467,6 +474,9 @@ class Bench:
         self.cluster.start()
         self.cluster.seed()
         self.proxies["pgtenant"] = pgtenant_proxy(self.base, self.cluster.port)
+        only = [s.strip() for s in os.environ.get("BENCH_ONLY", "").split(",") if s.strip()]
+        if not only or "many" in only:
+            self.proxies["pgtenant-noshare"] = pgtenant_proxy(self.base, self.cluster.port, share=False)
         self.proxies["pgbouncer"] = pgbouncer_proxy(self.base, self.cluster.port)
         for proxy in self.proxies.values():
             proxy.start()
@@ -517,33 +527,47 @@ class Bench:
     def load_tenants(self, target, scenario):
         if scenario == "many":
             who = ["--prefix", "t", "--count", str(TENANTS), "--clients-per-tenant", "2"]
+        elif scenario == "wide":
+            who = ["--prefix", "t", "--count", str(WIDE), "--clients-per-tenant", "1"]
         else:
             who = ["--tenants", "single", "--clients-per-tenant", str(2 * TENANTS)]
         cmd = [LOAD_BIN, "tenants", "--host", "127.0.0.1", "--port", str(self.port(target)),
                "--seconds", str(SECONDS)] + who
+        opened = self.server_sessions()
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=SECONDS + 300)
         except subprocess.TimeoutExpired:
             return {"ok": False, "error": "load tool timed out"}
+        time.sleep(1.5)  # idle backends flush their statistics within a second
+        opens = self.server_sessions() - opened
         line = next((l for l in reversed(p.stdout.splitlines()) if l.startswith("{")), None)
         if p.returncode != 0 or line is None:
             return {"ok": False, "error": first_error_line(p.stdout, p.stderr, p.returncode)}
         r = json.loads(line)
         r["ok"] = r["errors"] == 0
         r["error"] = r.get("first_error")
+        r["server_opens"] = opens
         return r
 
+    def server_sessions(self):
+        """Server sessions ever opened on database `many` (pg_stat_database.sessions)."""
+        out = self.cluster.psql("postgres", "SELECT sessions FROM pg_stat_database WHERE datname = 'many';\n")
+        digits = [l.strip() for l in out.splitlines() if l.strip().isdigit()]
+        return int(digits[0]) if digits else 0
+
     def run_tenants(self):
+        scenarios = ("many", "single", "wide") if WIDE else ("many", "single")
         for rnd in range(ROUNDS):
-            for scenario in ("many", "single"):
-                for target in rotate(PROXIES, rnd):
+            for scenario in scenarios:
+                for target in rotate(TENANT_TARGETS, rnd):
                     r = self.load_tenants(target, scenario)
                     r.update({"scenario": scenario, "target": target, "round": rnd})
                     self.results.add("tenants", r)
                     if "tps" in r:
                         log(f"round {rnd + 1}/{ROUNDS} tenants {scenario:<6} {target:<9} "
                             f"{r['tps']:.0f} q/s p50 {r['p50_ms']} ms p99 {r['p99_ms']} ms "
-                            f"errors {r['errors']}" + (f" ({r['error']})" if r["error"] else ""))
+                            f"errors {r['errors']} server opens {r['server_opens']}"
+                            + (f" ({r['error']})" if r["error"] else ""))
                     else:
                         log(f"round {rnd + 1}/{ROUNDS} tenants {scenario:<6} {target:<9} FAILS: {r['error']}")
                     self.check_alive(f"tenants {scenario} on {target}")
@@ -742,7 +766,7 @@ def main():
         "pgbouncer_version": version([PGBOUNCER, "--version"]),
         "pgbench_version": version([PGBENCH, "--version"]),
         "settings": {"seconds": SECONDS, "rounds": ROUNDS, "pool_size": POOL,
-                     "host_budget": HOST_BUDGET, "tenants": TENANTS,
+                     "host_budget": HOST_BUDGET, "tenants": TENANTS, "wide_tenants": WIDE,
                      "tenant_pool_size": TENANT_POOL, "clients": CLIENTS,
                      "idle_counts": IDLE_COUNTS, "cpu_transactions": (CPU_TXNS // 16) * 16,
                      "syscall_transactions": SYSCALL_TXNS, "pgbench_scale": SCALE,
