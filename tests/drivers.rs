@@ -67,6 +67,8 @@ CREATE TABLE tenant_acme.batch_transaction (id int PRIMARY KEY, x float8, label 
 CREATE TABLE tenant_acme.counters (mode text PRIMARY KEY, n bigint NOT NULL);
 INSERT INTO tenant_acme.counters VALUES ('session', 0), ('transaction', 0);
 CREATE TABLE tenant_acme.events (mode text, worker int, seq int, PRIMARY KEY (mode, worker, seq));
+-- For ORMs whose model queries cannot carry pg_backend_pid() and stay prepared.
+CREATE VIEW tenant_acme.item_backends AS SELECT id, name, pg_backend_pid() AS pid FROM tenant_acme.items;
 ";
 
 /// Session mode: a server per client, so 50 concurrent clients need 50 servers.
