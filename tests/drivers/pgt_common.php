@@ -269,7 +269,7 @@ function switch_detail(string $mode, array $pids): string
     return '';
 }
 
-/** Resets the counters of the concurrency check (through the server itself). */
+/** Runs one query on the server itself (as postgres, database erp) and returns its rows. */
 function direct_sql(Env $env, string $sql, array $params = []): array
 {
     $d = pg_connect("host=$env->host port=$env->direct_port user=postgres dbname=erp", PGSQL_CONNECT_FORCE_NEW);

@@ -11,7 +11,8 @@
 #   tests/drivers/setup.sh php      Debian's php-cli and php-pgsql (PDO pgsql, pgsql)
 #   tests/drivers/setup.sh perl     Debian's libdbd-pg-perl (DBI, DBD::Pg)
 #   tests/drivers/setup.sh go       Debian's golang-go and golang-github-jackc-pgx-v4-dev;
-#                                   pgx_checks.go built offline (GOPATH mode) into
+#                                   pgx_checks.go + pgx_common.go built offline
+#                                   (GOPATH mode) into
 #                                   target/drivers/go
 #   tests/drivers/setup.sh all      all of them
 #
@@ -146,19 +147,19 @@ setup_go() {
     fi
     [ -d "$gopath/src/github.com/jackc/pgx/v4" ] || die "pgx v4 not in $gopath after installing golang-github-jackc-pgx-v4-dev"
     local dir="$out/go"
-    local src="$here/pgx_checks.go"
+    local src=("$here/pgx_checks.go" "$here/pgx_common.go")
     local version
     version=$(dpkg-query -W -f='${Version}' golang-github-jackc-pgx-v4-dev 2>/dev/null || echo '?')
     # Rebuilt when the source or pgx changes (by content, not by date).
     local sum
-    sum=$( (cat "$src"; echo "$version") | sha256sum | cut -d' ' -f1)
+    sum=$( (cat "${src[@]}"; echo "$version") | sha256sum | cut -d' ' -f1)
     if [ -x "$dir/pgx_checks" ] && [ "$(cat "$dir/.source-sum" 2>/dev/null)" = "$sum" ]; then
         return 0
     fi
     mkdir -p "$dir"
     (cd "$dir" && env GO111MODULE=off GOPATH="$gopath" GOFLAGS= GOPROXY=off GOTOOLCHAIN=local \
-        GOCACHE="$dir/cache" go build -ldflags "-X main.pgxVersion=$version" -o pgx_checks "$src") \
-        || die "go build $src failed"
+        GOCACHE="$dir/cache" go build -ldflags "-X main.pgxVersion=$version" -o pgx_checks "${src[@]}") \
+        || die "go build ${src[*]} failed"
     echo "$sum" >"$dir/.source-sum"
 }
 
