@@ -29,7 +29,7 @@ pub struct TooManyStatements(pub usize);
 /// statement what it does to prepared statements, applied at its CommandComplete.
 #[derive(Debug, Default)]
 struct QueryNote {
-    setting: Option<SettingChange>,
+    settings: Vec<SettingChange>,
     effects: Vec<Effect>,
     completed: usize,
     /// The client's own statement name a translated DEALLOCATE drops.
@@ -38,11 +38,11 @@ struct QueryNote {
 
 impl QueryNote {
     fn of(read: &Classified) -> Option<Box<QueryNote>> {
-        if read.setting.is_none() && read.effects.is_none() {
+        if read.settings.is_empty() && read.effects.is_none() {
             return None;
         }
         Some(Box::new(QueryNote {
-            setting: read.setting.clone(),
+            settings: read.settings.clone(),
             effects: read.effects.clone().unwrap_or_default(),
             ..QueryNote::default()
         }))
@@ -585,7 +585,7 @@ impl Txn {
                             note: Some(note),
                             failed: false,
                         } => {
-                            if let Some(change) = note.setting {
+                            for change in note.settings {
                                 self.follow.ran(change);
                             }
                             break;
