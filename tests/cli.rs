@@ -42,7 +42,7 @@ fn check_names_file_and_key_of_each_problem() {
         "{stderr}"
     );
 
-    // A bad environment override is named by its key.
+    // A bad environment override is named by its variable and key.
     let out = pgtenant()
         .args(["check", "--config"])
         .arg(&config)
@@ -51,7 +51,10 @@ fn check_names_file_and_key_of_each_problem() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr.contains("pgtenant.toml: proxy.listen"), "{stderr}");
+    assert_eq!(
+        stderr,
+        "PGTENANT__PROXY__LISTEN: proxy.listen: \"nowhere\" is not an IP address and port\n"
+    );
 
     std::fs::write(
         &registry,
