@@ -271,7 +271,12 @@ impl Settings {
 /// read lossily, so it is reported rather than ignored).
 fn environment() -> impl Iterator<Item = (String, String)> {
     std::env::vars_os()
-        .map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()))
+        .map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        })
         .filter(|(k, _)| k.starts_with(ENV_PREFIX))
 }
 

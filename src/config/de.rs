@@ -172,10 +172,7 @@ impl<'de> de::Deserializer<'de> for NodeDe<'_> {
             Value::Array(items) => visitor.visit_seq(Seq {
                 items: items.iter(),
             }),
-            Value::Table(entries) => visitor.visit_map(Map {
-                entries,
-                next: 0,
-            }),
+            Value::Table(entries) => visitor.visit_map(Map { entries, next: 0 }),
         }
     }
 

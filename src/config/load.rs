@@ -98,7 +98,11 @@ fn origin_of(root: &Node, path: &[&str], at_key: bool) -> Origin {
             Origin::Nowhere => continue,
             Origin::Env(var) => return Origin::Env(var.clone()),
             Origin::File { key, value } => {
-                let at = if at_key { key.or(*value) } else { value.or(*key) };
+                let at = if at_key {
+                    key.or(*value)
+                } else {
+                    value.or(*key)
+                };
                 return Origin::File {
                     key: None,
                     value: at,
@@ -167,9 +171,9 @@ fn message(root: &Node, e: &DeError) -> String {
             );
             match (parent.is_empty(), is_table) {
                 (true, true) => format!("unknown section{hint}; valid sections: {valid}"),
-                (true, false) => format!(
-                    "unknown key{hint}; settings belong in one of the sections {valid}"
-                ),
+                (true, false) => {
+                    format!("unknown key{hint}; settings belong in one of the sections {valid}")
+                }
                 (false, _) => format!(
                     "unknown key{hint}; valid keys in [{}]: {valid}",
                     parent.join(".")
@@ -259,7 +263,10 @@ mod tests {
         );
         let syntax = errors("[pool]\npool_size = = 1\n", &[]);
         assert_eq!(syntax.len(), 1);
-        assert!(syntax[0].starts_with("s.toml:2:13: invalid TOML: "), "{syntax:?}");
+        assert!(
+            syntax[0].starts_with("s.toml:2:13: invalid TOML: "),
+            "{syntax:?}"
+        );
     }
 
     #[test]
@@ -288,8 +295,14 @@ mod tests {
     #[test]
     fn suggestions_are_close_names_only() {
         let valid = ["pool_size", "min_idle"];
-        assert_eq!(suggestion("pool_sise", valid.into_iter()), Some("pool_size"));
-        assert_eq!(suggestion("POOL_SIZE", valid.into_iter()), Some("pool_size"));
+        assert_eq!(
+            suggestion("pool_sise", valid.into_iter()),
+            Some("pool_size")
+        );
+        assert_eq!(
+            suggestion("POOL_SIZE", valid.into_iter()),
+            Some("pool_size")
+        );
         assert_eq!(suggestion("workers", valid.into_iter()), None);
     }
 }

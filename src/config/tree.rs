@@ -64,7 +64,11 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
 
 /// toml_edit's messages span lines ("invalid key\nexpected ..."): join them.
 fn one_line(message: &str) -> String {
-    let lines: Vec<&str> = message.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     lines.join("; ")
 }
 
