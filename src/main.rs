@@ -224,9 +224,8 @@ fn run_check(config: &Path, connect: bool, user: Option<String>) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     eprintln!(
-        "{} of {} failed",
-        check::count(failed, "check", "checks"),
-        outcomes.len()
+        "{failed} of {} failed",
+        check::count(outcomes.len(), "check", "checks")
     );
     ExitCode::FAILURE
 }
