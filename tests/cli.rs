@@ -6,6 +6,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -146,6 +147,8 @@ struct Demo {
     lines: Vec<String>,
     rest: tokio::task::JoinHandle<Vec<String>>,
     port: u16,
+    /// The demo's TMPDIR, to see what it leaves behind.
+    tmp: tempfile::TempDir,
 }
 
 impl Demo {
@@ -156,9 +159,13 @@ impl Demo {
             .1
             .parse()
             .unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        // The clusters' server user (as root: `postgres`) must pass through it.
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
         let mut child = pgtenant()
             .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
             .args(extra)
+            .env("TMPDIR", tmp.path())
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -187,6 +194,7 @@ impl Demo {
             lines,
             rest,
             port,
+            tmp,
         }
     }
 
@@ -205,14 +213,15 @@ impl Demo {
 
     /// SIGTERM, as `docker stop` sends (Ctrl-C takes the same path); what it printed
     /// while stopping.
-    async fn stop(mut self) -> Vec<String> {
+    async fn stop(self) -> (Vec<String>, tempfile::TempDir) {
         unsafe_free_kill(self.child.id(), "TERM");
-        let status = tokio::task::spawn_blocking(move || self.child.wait())
+        let mut child = self.child;
+        let status = tokio::task::spawn_blocking(move || child.wait())
             .await
             .unwrap()
             .unwrap();
         assert!(status.success(), "demo exits cleanly on SIGTERM: {status}");
-        self.rest.await.unwrap()
+        (self.rest.await.unwrap(), self.tmp)
     }
 }
 
@@ -274,11 +283,17 @@ async fn demo_serves_its_tenants_and_cleans_up() {
         );
     }
 
-    demo.stop().await;
+    let (_, tmp) = demo.stop().await;
     assert!(
         !std::path::Path::new(&dir).exists(),
         "demo left {dir} behind"
     );
+    // Nothing else either (as root, the lock around creating the `postgres` user).
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "demo left {left:?} in its TMPDIR");
 }
 
 #[test]
@@ -315,7 +330,7 @@ async fn demo_keep_leaves_clusters_and_settings_that_start_again() {
         .unwrap();
     assert_eq!(value(&acme, "SHOW search_path").await, "tenant_acme");
     drop(acme);
-    let said = demo.stop().await;
+    let (said, _tmp) = demo.stop().await;
     for file in [
         "pgtenant.toml",
         "tenants.toml",

@@ -96,14 +96,16 @@ fn unsupported_option(options: &str) -> Option<String> {
     words.extend((!word.is_empty()).then_some(word));
     let mut words = words.into_iter();
     while let Some(word) = words.next() {
-        let setting = if word == "-c" {
-            words.next()
-        } else if let Some(rest) = word.strip_prefix("-c").or_else(|| word.strip_prefix("--")) {
-            Some(rest.to_string())
-        } else {
-            None
+        let setting = match word.as_str() {
+            "-c" => words.next(),
+            _ => word
+                .strip_prefix("-c")
+                .or_else(|| word.strip_prefix("--"))
+                .map(str::to_string),
         };
-        if !setting.is_some_and(|s| s.find('=').is_some_and(|at| at > 0)) {
+        // `name=value` with a name: anything else is not a setting.
+        let is_setting = setting.is_some_and(|s| s.find('=').is_some_and(|at| at > 0));
+        if !is_setting {
             return Some(word);
         }
     }
