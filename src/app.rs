@@ -9,7 +9,6 @@ use crate::config::Settings;
 use crate::pool::Pools;
 use crate::proxy::cancel::Cancels;
 use crate::proxy::park::Lot;
-use crate::proxy::txn::Statements;
 use crate::registry::Registry;
 
 /// A client connection's id, for logs.
@@ -26,8 +25,6 @@ pub struct App {
     pub settings: Settings,
     pub registry: Arc<Registry>,
     pub pools: Arc<Pools>,
-    /// Server-side names of transaction-mode prepared statements.
-    pub statements: Statements,
     /// Client cancel keys and the servers their queries run on.
     pub cancels: Arc<Cancels>,
     next_client: AtomicU64,
@@ -49,7 +46,6 @@ impl App {
             settings,
             registry,
             pools,
-            statements: Statements::default(),
             cancels: Arc::default(),
             next_client: AtomicU64::new(1),
             clients: AtomicUsize::new(0),

@@ -12,6 +12,7 @@ pub mod protocol;
 pub mod proxy;
 pub mod registry;
 pub mod server;
+pub mod sql;
 
 pub use app::App;
 pub use config::Settings;

@@ -6,6 +6,6 @@ mod conn;
 mod connect;
 mod prepared;
 
-pub use conn::{Greeting, ServerConn, CLIENT_PARAMETERS};
+pub use conn::{replayed, Greeting, ServerConn, CLIENT_PARAMETERS};
 pub use connect::{connect, search_path_option, send_cancel, BackendError, BackendTarget};
 pub use prepared::PreparedCache;

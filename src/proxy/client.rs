@@ -49,10 +49,23 @@ pub fn spawn_resumed(app: Arc<App>, parked: Parked) {
 /// `proxy.max_client_conn`, a parked one still does.
 fn run_counted(app: Arc<App>, client: impl Future<Output = Served> + Send + 'static) {
     tokio::spawn(async move {
-        if client.await == Served::Done {
-            app.clients.fetch_sub(1, Ordering::AcqRel);
+        // A guard, so that whatever ends the task (a panic included) counts it out.
+        let mut counted = Counted(Some(app));
+        if client.await == Served::Parked {
+            counted.0 = None;
         }
     });
+}
+
+/// A client counted against `proxy.max_client_conn` until dropped.
+struct Counted(Option<Arc<App>>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some(app) = self.0.take() {
+            app.clients.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 /// Serves one client until it leaves or parks. Never panics on input; every refusal
@@ -192,7 +205,7 @@ async fn start(
     tracing::debug!(?mode, "session started");
     // Boxed: the session lives on the heap once, not copied into each future above it.
     let txn = match mode {
-        PoolMode::Transaction => Txn::following_settings(),
+        PoolMode::Transaction => Txn::following_settings(app.settings.pool.max_client_statements),
         PoolMode::Session => Txn::default(),
     };
     let carried = Carried {

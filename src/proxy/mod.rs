@@ -4,7 +4,6 @@
 pub mod cancel;
 mod client;
 mod end;
-mod features;
 mod follow;
 mod handshake;
 mod listener;
