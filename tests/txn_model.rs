@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use bytes::Bytes;
 use pgtenant::backend::PreparedCache;
 use pgtenant::pool::statements::Statements;
-use pgtenant::proxy::txn::{Txn, Verdict};
+use pgtenant::proxy::carried::queue::{Txn, Verdict};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

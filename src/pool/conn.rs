@@ -54,10 +54,6 @@ impl PooledConn {
     /// transaction mode hands it to the next client without a reset.
     pub fn give_back_idle(mut self) {
         if let (Some(mut conn), Some(budget)) = (self.conn.take(), self.budget.take()) {
-            if conn.out_of_step {
-                close_later(conn, budget, None);
-                return;
-            }
             conn.last_used = std::time::Instant::now();
             self.pool.give_back(conn, budget);
         }

@@ -11,14 +11,15 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
+use super::carried::queue::Txn;
+use super::carried::settings::{client_settings, keep_only_changes, set_setting};
+use super::carried::Carried;
 use super::end::End;
 use super::handshake::{read_startup, Handshake, HandshakeError};
-use super::params::{client_settings, set_setting};
-use super::park::{Carried, Parked};
+use super::park::Parked;
 use super::refusal::Refusal;
 use super::relay::Session;
 use super::resolve::resolve;
-use super::txn::Txn;
 use crate::app::{App, ClientId};
 use crate::backend::{BackendError, Greeting, CLIENT_PARAMETERS};
 use crate::config::PoolMode;
@@ -258,14 +259,6 @@ async fn greet_from_server(
         messages::parameter_status(out, name, value);
     }
     Ok(())
-}
-
-/// Drops the client settings that equal what a fresh server session has: a server
-/// connection is brought back to those anyway, and an idle client should hold as
-/// little as possible.
-fn keep_only_changes(settings: &mut Vec<(String, String)>, initial: &[(String, String)]) {
-    settings.retain(|(name, value)| !initial.iter().any(|(n, v)| n == name && v == value));
-    settings.shrink_to_fit();
 }
 
 /// Relays until the session ends or parks; what ended it, if the client was told, is

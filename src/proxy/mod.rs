@@ -2,18 +2,16 @@
 //! resolution, relay).
 
 pub mod cancel;
+pub mod carried;
 mod client;
 mod end;
-mod follow;
 mod handshake;
 mod listener;
 mod outbox;
-mod params;
 pub mod park;
 mod refusal;
 mod relay;
 mod resolve;
-pub mod txn;
 mod wait;
 
 pub use listener::accept_loop;
