@@ -5,6 +5,7 @@
 pub mod alloc;
 pub mod app;
 pub mod backend;
+pub mod check;
 pub mod config;
 pub mod pool;
 pub mod protocol;

@@ -11,20 +11,11 @@
 mod common;
 
 use common::*;
+use pgtenant::backend::CLIENT_PARAMETERS;
 use pgtenant::sql::{classify, SettingChange};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use tokio_postgres::Client;
-
-/// Reported parameters: followed from ParameterStatus, not from SQL.
-const REPORTED: &[&str] = &[
-    "application_name",
-    "client_encoding",
-    "DateStyle",
-    "IntervalStyle",
-    "TimeZone",
-    "standard_conforming_strings",
-];
 
 /// The session-level settings of a session, reported parameters left out.
 async fn session_settings(client: &Client) -> Vec<(String, String)> {
@@ -37,7 +28,11 @@ async fn session_settings(client: &Client) -> Vec<(String, String)> {
         .unwrap()
         .iter()
         .map(|row| (row.get::<_, String>(0), row.get::<_, String>(1)))
-        .filter(|(name, _)| !REPORTED.iter().any(|r| r.eq_ignore_ascii_case(name)))
+        .filter(|(name, _)| {
+            !CLIENT_PARAMETERS
+                .iter()
+                .any(|r| r.eq_ignore_ascii_case(name))
+        })
         // Taken from default_transaction_* at every transaction start, whatever a
         // session-level SET left in pg_settings.
         .filter(|(name, _)| !name.starts_with("transaction_"))

@@ -77,7 +77,7 @@ pub struct Tenant {
 
 /// The part of the template entry `[tenants."*"]` that is filled in per tenant.
 pub const TEMPLATE_KEY: &str = "*";
-const TENANT_PLACEHOLDER: &str = "{tenant}";
+pub const TENANT_PLACEHOLDER: &str = "{tenant}";
 
 /// Template tenants are made from untrusted names, so only plain names qualify.
 fn is_template_name(name: &str) -> bool {
@@ -146,6 +146,15 @@ impl Snapshot {
 
     pub fn hosts(&self) -> impl Iterator<Item = &Arc<Host>> {
         self.hosts.values()
+    }
+
+    /// The listed tenants (not the template entry), in no particular order.
+    pub fn tenants(&self) -> impl Iterator<Item = &Arc<Tenant>> {
+        self.tenants.values()
+    }
+
+    pub fn template(&self) -> Option<&Tenant> {
+        self.template.as_ref()
     }
 }
 

@@ -301,18 +301,13 @@ fn read_statement(tokens: &[Token<'_>]) -> Read {
     }
     let first = tokens[0];
     let second = tokens.get(1);
-    if first.is("set") {
-        return match read_set(&tokens[1..]) {
-            SetForm::Nothing => Read::default(),
-            SetForm::Pin(pin) => pinned(pin),
-            SetForm::Change(change) => Read {
-                setting: Some(change),
-                ..Read::default()
-            },
-        };
-    }
-    if first.is("reset") {
-        return match read_reset(&tokens[1..]) {
+    let form = match first {
+        t if t.is("set") => Some(read_set(&tokens[1..])),
+        t if t.is("reset") => Some(read_reset(&tokens[1..])),
+        _ => None,
+    };
+    if let Some(form) = form {
+        return match form {
             SetForm::Nothing => Read::default(),
             SetForm::Pin(pin) => pinned(pin),
             SetForm::Change(change) => Read {
