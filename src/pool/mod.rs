@@ -146,6 +146,11 @@ impl Pools {
         // idle connection of another tenant closed to make room, else wait for a change.
         let mut waiting = None;
         let _counted = WaitCount::new(&pool.idle);
+        // Shared sets hand a returning server to their first waiting client.
+        let mut handed = Handoff {
+            rx: None,
+            pool: pool.clone(),
+        };
         let budget = loop {
             let returned = pool.idle.returned.notified();
             tokio::pin!(returned);
@@ -178,6 +183,11 @@ impl Pools {
                     break permit;
                 }
             }
+            if pool.is_shared() && handed.rx.is_none() {
+                handed.rx = Some(pool.idle.queue());
+                // One may have come back while we queued.
+                continue;
+            }
             let queued = waiting.as_mut().expect("queued above");
             // Connections whose turn is over come to the queue when they are given
             // back, or from the upkeep task when they sit idle (`Pools::hand_over_idle`).
@@ -188,6 +198,11 @@ impl Pools {
                 },
                 // One of our own connections came back.
                 _ = returned => {}
+                Some(idle) = handed.recv() => {
+                    if conn::is_alive(&idle.conn) {
+                        return Ok(PooledConn::new(idle.conn, idle.budget, slot, pool.clone()));
+                    }
+                }
                 _ = tokio::time::sleep_until(deadline.into()) => return Err(timeout()),
             }
         };
@@ -342,6 +357,38 @@ impl Pools {
 
     pub fn pool_count(&self) -> usize {
         self.pools.len()
+    }
+}
+
+/// A client's place in its shared set's queue. Dropped (served otherwise, timed out,
+/// gone), a server handed to it meanwhile goes back to the set.
+struct Handoff {
+    rx: Option<tokio::sync::oneshot::Receiver<tenant::Idle>>,
+    pool: Arc<TenantPool>,
+}
+
+impl Handoff {
+    /// The server handed over, once it is; never while not queued.
+    async fn recv(&mut self) -> Option<tenant::Idle> {
+        match self.rx.as_mut() {
+            Some(rx) => {
+                let idle = rx.await.ok();
+                self.rx = None;
+                idle
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for Handoff {
+    fn drop(&mut self) {
+        if let Some(mut rx) = self.rx.take() {
+            rx.close();
+            if let Ok(idle) = rx.try_recv() {
+                self.pool.give_back(idle.conn, idle.budget);
+            }
+        }
     }
 }
 

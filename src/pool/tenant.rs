@@ -24,9 +24,31 @@ pub(super) struct IdleSet {
     /// Clients of the set's pools waiting for a connection on a full host: one that
     /// comes back stays for them rather than being closed for another pool.
     pub(super) waiting: std::sync::atomic::AtomicUsize,
+    /// Shared sets: clients waiting for a server, first come first served; a server
+    /// that comes back goes to the first of them rather than waking them all.
+    queue: Mutex<std::collections::VecDeque<tokio::sync::oneshot::Sender<Idle>>>,
 }
 
 impl IdleSet {
+    /// Queues for the next server that comes back.
+    pub(super) fn queue(&self) -> tokio::sync::oneshot::Receiver<Idle> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.queue.lock().unwrap().push_back(tx);
+        rx
+    }
+
+    /// Hands `idle` to the first client still waiting; gives it back if none is.
+    fn hand_over(&self, mut idle: Idle) -> Option<Idle> {
+        let mut queue = self.queue.lock().unwrap();
+        while let Some(waiter) = queue.pop_front() {
+            match waiter.send(idle) {
+                Ok(()) => return None,
+                Err(refused) => idle = refused,
+            }
+        }
+        Some(idle)
+    }
+
     pub(super) fn len(&self) -> usize {
         self.idle.lock().unwrap().len()
     }
@@ -191,11 +213,18 @@ impl TenantPool {
             close_later(conn, budget, None);
             return;
         }
-        self.idle.idle.lock().unwrap().push(Idle {
+        let mut idle = Idle {
             conn,
             budget,
             since: Instant::now(),
-        });
+        };
+        if self.is_shared() {
+            match self.idle.hand_over(idle) {
+                Some(back) => idle = back,
+                None => return,
+            }
+        }
+        self.idle.idle.lock().unwrap().push(idle);
         self.idle.returned.notify_waiters();
     }
 
