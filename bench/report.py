@@ -299,7 +299,8 @@ def main():
     md.append("## Many tenants\n")
     md.append(f"The load tool (`bench/load.rs`) runs `SELECT v FROM kv WHERE id = <1..100>` as simple "
               f"queries for {st['seconds']} s. **many**: {st['tenants']} tenants × 2 clients, each tenant "
-              f"its own schema in database `many` and its own pool of {st['tenant_pool_size']}; all pools "
+              f"its own schema in database `many` and its own pool of {st['tenant_pool_size']} (with sharing: at most "
+              f"{st['tenant_pool_size']} of the shared servers at once); all pools "
               f"share the budget of {st['host_budget']} server connections, so idle connections of other "
               f"tenants are closed to make room. **single**: the same {2 * st['tenants']} clients on one "
               f"tenant with a pool of {st['pool_size']}. PgBouncer 1.18 has no startup `options` for a "
