@@ -5,7 +5,9 @@
 pub mod alloc;
 pub mod app;
 pub mod backend;
+pub mod admin;
 pub mod config;
+pub mod metrics;
 pub mod pool;
 pub mod protocol;
 pub mod proxy;

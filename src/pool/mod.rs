@@ -7,7 +7,9 @@
 
 mod budget;
 mod conn;
+pub mod gate;
 mod maintain;
+pub mod report;
 pub mod statements;
 mod tenant;
 
@@ -24,6 +26,7 @@ use tenant::TenantPool;
 
 use crate::backend::{self, BackendError, BackendTarget, Greeting};
 use crate::config::PoolSettings;
+use crate::metrics::Metrics;
 use crate::registry::{Host, Tenant, TenantName};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +39,8 @@ pub enum PoolError {
         pool_size: usize,
         waited: Duration,
     },
+    #[error("tenant \"{tenant}\" is paused (waited {waited:?})")]
+    Paused { tenant: TenantName, waited: Duration },
     #[error("tenant \"{tenant}\": host {host} ({address}): {source}")]
     Backend {
         tenant: TenantName,
@@ -78,6 +83,10 @@ pub struct Pools {
     /// Wakes the upkeep task when a tenant starts waiting for room on a host: turns
     /// are then kept at `host_turn` granularity, otherwise upkeep runs once a second.
     upkeep: tokio::sync::Notify,
+    /// Per tenant: the pause gate, checked on every checkout.
+    pub gates: gate::Gates,
+    /// Per tenant figures, counted on checkout.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Pools {
@@ -89,6 +98,8 @@ impl Pools {
             hosts: DashMap::new(),
             greetings: DashMap::new(),
             upkeep: tokio::sync::Notify::new(),
+            gates: gate::Gates::default(),
+            metrics: Arc::default(),
         }
     }
 
@@ -96,9 +107,13 @@ impl Pools {
     /// the common case of a transaction-mode client, served without a future.
     pub fn try_checkout(&self, handle: &PoolHandle) -> Option<PooledConn> {
         let pool = &handle.0;
+        if pool.gate.is_paused() {
+            return None;
+        }
         let slot = pool.slots.clone().try_acquire_owned().ok()?;
         while let Some(idle) = pool.take_idle() {
             if conn::is_alive(&idle.conn) {
+                pool.stats.checkout_wait.observe(Duration::ZERO);
                 return Some(PooledConn::new(idle.conn, idle.budget, slot, pool.clone()));
             }
             tracing::debug!(tenant = %pool.tenant, "dropping a server connection that died while idle");
@@ -109,9 +124,24 @@ impl Pools {
     /// A server connection for `tenant` as `user`: an idle one that is still alive, or
     /// a new one within the tenant's pool size and the host's budget.
     pub async fn checkout(&self, handle: &PoolHandle) -> Result<PooledConn, PoolError> {
-        let pool = &handle.0;
         let started = Instant::now();
+        let checked_out = self.checkout_inner(handle, started).await;
+        if checked_out.is_ok() {
+            handle.0.stats.checkout_wait.observe(started.elapsed());
+        }
+        checked_out
+    }
+
+    async fn checkout_inner(
+        &self,
+        handle: &PoolHandle,
+        started: Instant,
+    ) -> Result<PooledConn, PoolError> {
+        let pool = &handle.0;
         let deadline = started + self.settings.checkout_timeout;
+        if pool.gate.is_paused() {
+            gate::pass(&pool.gate, &pool.tenant, started, deadline).await?;
+        }
         let timeout = || PoolError::Timeout {
             tenant: pool.tenant.clone(),
             pool_size: pool.size,
@@ -242,6 +272,8 @@ impl Pools {
                 min_idle,
                 budget.clone(),
                 greeting.clone(),
+                self.gates.get(&tenant.name),
+                self.metrics.tenant(&tenant.name),
             )
         };
         let mut entry = self.pools.entry(key).or_insert_with(new_pool);

@@ -143,6 +143,16 @@ impl Snapshot {
     pub fn hosts(&self) -> impl Iterator<Item = &Arc<Host>> {
         self.hosts.values()
     }
+
+    /// The listed tenants (not those the template entry would make).
+    pub fn tenants(&self) -> impl Iterator<Item = &Arc<Tenant>> {
+        self.tenants.values()
+    }
+
+    /// The template entry `[tenants."*"]`, if any.
+    pub fn template(&self) -> Option<&Tenant> {
+        self.template.as_ref()
+    }
 }
 
 impl std::borrow::Borrow<str> for TenantName {
