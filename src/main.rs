@@ -71,9 +71,7 @@ fn init_logs() {
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match std::env::var("PGTENANT_LOG_FORMAT").as_deref() {
         Ok("json") => builder.json().with_current_span(false).init(),
-        _ => builder
-            .with_ansi(std::io::stdout().is_terminal())
-            .init(),
+        _ => builder.with_ansi(std::io::stdout().is_terminal()).init(),
     }
 }
 

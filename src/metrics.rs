@@ -17,7 +17,21 @@ use crate::registry::TenantName;
 
 /// Upper bounds of the latency histograms, in seconds (the last one is +Inf).
 pub const BUCKETS: [f64; 16] = [
-    0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0001,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
     f64::MAX,
 ];
 
@@ -32,7 +46,10 @@ pub struct Histogram {
 impl Histogram {
     pub fn observe(&self, took: Duration) {
         let secs = took.as_secs_f64();
-        let at = BUCKETS.iter().position(|b| secs <= *b).unwrap_or(BUCKETS.len() - 1);
+        let at = BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(BUCKETS.len() - 1);
         self.buckets[at].fetch_add(1, Ordering::Relaxed);
         self.sum_micros
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
@@ -217,6 +234,9 @@ pub struct ClientInfo {
     at_rest: AtomicBool,
     /// Closed from outside (KILL, a timeout): told once.
     terminated: AtomicBool,
+    /// A query or Execute was sent since the last ReadyForQuery 'I': the exchange that
+    /// ends there is a transaction (a Parse/Describe/Sync alone is not).
+    ran_query: AtomicBool,
     /// Microseconds after `epoch` of the last thing the client or its server did.
     last_active: AtomicU64,
     /// Microseconds after `epoch` when the current transaction began; 0 when none.
@@ -337,6 +357,7 @@ impl ClientSeen {
     pub fn client_sent(&self, tag: u8) {
         if matches!(tag, b'Q' | b'E') {
             self.0.tenant.queries.fetch_add(1, Ordering::Relaxed);
+            self.0.ran_query.store(true, Ordering::Relaxed);
         }
     }
 
@@ -346,7 +367,9 @@ impl ClientSeen {
         self.0.last_active.store(now, Ordering::Relaxed);
         self.0.at_rest.store(false, Ordering::Relaxed);
         if self.0.transaction_began.load(Ordering::Relaxed) == 0 {
-            self.0.transaction_began.store(now.max(1), Ordering::Relaxed);
+            self.0
+                .transaction_began
+                .store(now.max(1), Ordering::Relaxed);
         }
     }
 
@@ -360,12 +383,15 @@ impl ClientSeen {
         self.0.at_rest.store(true, Ordering::Relaxed);
         if status == b'I' {
             let tenant = &self.0.tenant;
-            tenant.transactions.fetch_add(1, Ordering::Relaxed);
             let began = self.0.transaction_began.swap(0, Ordering::Relaxed);
-            if began != 0 {
-                tenant
-                    .transaction_time
-                    .observe(Duration::from_micros(now.saturating_sub(began)));
+            if self.0.ran_query.swap(false, Ordering::Relaxed) {
+                tenant.transactions.fetch_add(1, Ordering::Relaxed);
+                let took = if began == 0 {
+                    0
+                } else {
+                    now.saturating_sub(began)
+                };
+                tenant.transaction_time.observe(Duration::from_micros(took));
             }
         }
     }
@@ -457,6 +483,7 @@ impl Metrics {
             in_transaction: AtomicBool::new(false),
             at_rest: AtomicBool::new(true),
             terminated: AtomicBool::new(false),
+            ran_query: AtomicBool::new(false),
             last_active: AtomicU64::new(self.epoch.elapsed().as_micros() as u64),
             transaction_began: AtomicU64::new(0),
             server_pid: AtomicI32::new(0),
@@ -536,6 +563,7 @@ mod tests {
         assert_eq!(stats.in_state(ClientState::Active), 1);
         assert_eq!(stats.in_state(ClientState::Idle), 1);
         a.client_spoke();
+        a.client_sent(b'Q');
         a.ready(b'T');
         assert!(a.info().in_transaction());
         a.ready(b'I');

@@ -115,74 +115,251 @@ impl Show {
     pub fn columns(self) -> &'static [Column] {
         match self {
             Show::Tenants => &[
-                Column { name: "tenant", ty: Text },
-                Column { name: "host", ty: Text },
-                Column { name: "database", ty: Text },
-                Column { name: "search_path", ty: Text },
-                Column { name: "pool_mode", ty: Text },
-                Column { name: "pool_size", ty: Int8 },
-                Column { name: "clients", ty: Int8 },
-                Column { name: "paused", ty: Bool },
+                Column {
+                    name: "tenant",
+                    ty: Text,
+                },
+                Column {
+                    name: "host",
+                    ty: Text,
+                },
+                Column {
+                    name: "database",
+                    ty: Text,
+                },
+                Column {
+                    name: "search_path",
+                    ty: Text,
+                },
+                Column {
+                    name: "pool_mode",
+                    ty: Text,
+                },
+                Column {
+                    name: "pool_size",
+                    ty: Int8,
+                },
+                Column {
+                    name: "clients",
+                    ty: Int8,
+                },
+                Column {
+                    name: "paused",
+                    ty: Bool,
+                },
             ],
             Show::Pools => &[
-                Column { name: "tenant", ty: Text },
-                Column { name: "user", ty: Text },
-                Column { name: "host", ty: Text },
-                Column { name: "database", ty: Text },
-                Column { name: "pool_size", ty: Int8 },
-                Column { name: "servers_active", ty: Int8 },
-                Column { name: "servers_idle", ty: Int8 },
-                Column { name: "clients_active", ty: Int8 },
-                Column { name: "clients_idle", ty: Int8 },
-                Column { name: "clients_waiting", ty: Int8 },
-                Column { name: "clients_parked", ty: Int8 },
-                Column { name: "paused", ty: Bool },
+                Column {
+                    name: "tenant",
+                    ty: Text,
+                },
+                Column {
+                    name: "user",
+                    ty: Text,
+                },
+                Column {
+                    name: "host",
+                    ty: Text,
+                },
+                Column {
+                    name: "database",
+                    ty: Text,
+                },
+                Column {
+                    name: "pool_size",
+                    ty: Int8,
+                },
+                Column {
+                    name: "servers_active",
+                    ty: Int8,
+                },
+                Column {
+                    name: "servers_idle",
+                    ty: Int8,
+                },
+                Column {
+                    name: "clients_active",
+                    ty: Int8,
+                },
+                Column {
+                    name: "clients_idle",
+                    ty: Int8,
+                },
+                Column {
+                    name: "clients_waiting",
+                    ty: Int8,
+                },
+                Column {
+                    name: "clients_parked",
+                    ty: Int8,
+                },
+                Column {
+                    name: "paused",
+                    ty: Bool,
+                },
             ],
             Show::Clients => &[
-                Column { name: "id", ty: Text },
-                Column { name: "tenant", ty: Text },
-                Column { name: "user", ty: Text },
-                Column { name: "peer", ty: Text },
-                Column { name: "pool_mode", ty: Text },
-                Column { name: "state", ty: Text },
-                Column { name: "in_transaction", ty: Bool },
-                Column { name: "server_pid", ty: Int8 },
-                Column { name: "connected_s", ty: Float8 },
-                Column { name: "idle_s", ty: Float8 },
+                Column {
+                    name: "id",
+                    ty: Text,
+                },
+                Column {
+                    name: "tenant",
+                    ty: Text,
+                },
+                Column {
+                    name: "user",
+                    ty: Text,
+                },
+                Column {
+                    name: "peer",
+                    ty: Text,
+                },
+                Column {
+                    name: "pool_mode",
+                    ty: Text,
+                },
+                Column {
+                    name: "state",
+                    ty: Text,
+                },
+                Column {
+                    name: "in_transaction",
+                    ty: Bool,
+                },
+                Column {
+                    name: "server_pid",
+                    ty: Int8,
+                },
+                Column {
+                    name: "connected_s",
+                    ty: Float8,
+                },
+                Column {
+                    name: "idle_s",
+                    ty: Float8,
+                },
             ],
             Show::Servers => &[
-                Column { name: "tenant", ty: Text },
-                Column { name: "user", ty: Text },
-                Column { name: "address", ty: Text },
-                Column { name: "database", ty: Text },
-                Column { name: "state", ty: Text },
-                Column { name: "pid", ty: Int8 },
-                Column { name: "client", ty: Text },
-                Column { name: "age_s", ty: Float8 },
-                Column { name: "idle_s", ty: Float8 },
+                Column {
+                    name: "tenant",
+                    ty: Text,
+                },
+                Column {
+                    name: "user",
+                    ty: Text,
+                },
+                Column {
+                    name: "address",
+                    ty: Text,
+                },
+                Column {
+                    name: "database",
+                    ty: Text,
+                },
+                Column {
+                    name: "state",
+                    ty: Text,
+                },
+                Column {
+                    name: "pid",
+                    ty: Int8,
+                },
+                Column {
+                    name: "client",
+                    ty: Text,
+                },
+                Column {
+                    name: "age_s",
+                    ty: Float8,
+                },
+                Column {
+                    name: "idle_s",
+                    ty: Float8,
+                },
             ],
             Show::Hosts => &[
-                Column { name: "host", ty: Text },
-                Column { name: "address", ty: Text },
-                Column { name: "max_connections", ty: Int8 },
-                Column { name: "open", ty: Int8 },
-                Column { name: "tenants_waiting", ty: Int8 },
-                Column { name: "opens", ty: Int8 },
+                Column {
+                    name: "host",
+                    ty: Text,
+                },
+                Column {
+                    name: "address",
+                    ty: Text,
+                },
+                Column {
+                    name: "max_connections",
+                    ty: Int8,
+                },
+                Column {
+                    name: "open",
+                    ty: Int8,
+                },
+                Column {
+                    name: "tenants_waiting",
+                    ty: Int8,
+                },
+                Column {
+                    name: "opens",
+                    ty: Int8,
+                },
             ],
             Show::Stats => &[
-                Column { name: "tenant", ty: Text },
-                Column { name: "transactions", ty: Int8 },
-                Column { name: "queries", ty: Int8 },
-                Column { name: "bytes_in", ty: Int8 },
-                Column { name: "bytes_out", ty: Int8 },
-                Column { name: "avg_xact_ms", ty: Float8 },
-                Column { name: "p99_xact_ms", ty: Float8 },
-                Column { name: "avg_wait_ms", ty: Float8 },
-                Column { name: "p99_wait_ms", ty: Float8 },
-                Column { name: "errors", ty: Int8 },
+                Column {
+                    name: "tenant",
+                    ty: Text,
+                },
+                Column {
+                    name: "transactions",
+                    ty: Int8,
+                },
+                Column {
+                    name: "queries",
+                    ty: Int8,
+                },
+                Column {
+                    name: "bytes_in",
+                    ty: Int8,
+                },
+                Column {
+                    name: "bytes_out",
+                    ty: Int8,
+                },
+                Column {
+                    name: "avg_xact_ms",
+                    ty: Float8,
+                },
+                Column {
+                    name: "p99_xact_ms",
+                    ty: Float8,
+                },
+                Column {
+                    name: "avg_wait_ms",
+                    ty: Float8,
+                },
+                Column {
+                    name: "p99_wait_ms",
+                    ty: Float8,
+                },
+                Column {
+                    name: "errors",
+                    ty: Int8,
+                },
             ],
-            Show::Config => &[Column { name: "key", ty: Text }, Column { name: "value", ty: Text }],
-            Show::Version => &[Column { name: "version", ty: Text }],
+            Show::Config => &[
+                Column {
+                    name: "key",
+                    ty: Text,
+                },
+                Column {
+                    name: "value",
+                    ty: Text,
+                },
+            ],
+            Show::Version => &[Column {
+                name: "version",
+                ty: Text,
+            }],
         }
     }
 }

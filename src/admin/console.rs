@@ -48,7 +48,10 @@ pub async fn serve<T>(
         ("DateStyle", "ISO, MDY"),
         ("integer_datetimes", "on"),
         ("standard_conforming_strings", "on"),
-        ("application_name", startup.get("application_name").unwrap_or("")),
+        (
+            "application_name",
+            startup.get("application_name").unwrap_or(""),
+        ),
     ] {
         messages::parameter_status(&mut out, name, value);
     }
@@ -279,7 +282,10 @@ impl Console<'_> {
     fn portal(&self, name: &[u8]) -> Result<(Command, Formats), Failed> {
         self.portals.get(name).cloned().ok_or_else(|| Failed {
             code: sqlstate::INVALID_CURSOR_NAME,
-            message: format!("portal \"{}\" does not exist", String::from_utf8_lossy(name)),
+            message: format!(
+                "portal \"{}\" does not exist",
+                String::from_utf8_lossy(name)
+            ),
         })
     }
 

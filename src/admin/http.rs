@@ -20,10 +20,10 @@ use crate::app::App;
 struct Shared(Weak<App>);
 
 impl Shared {
-    fn app(&self) -> Result<Arc<App>, Response> {
+    fn app(&self) -> Result<Arc<App>, Box<Response>> {
         self.0
             .upgrade()
-            .ok_or_else(|| (StatusCode::SERVICE_UNAVAILABLE, "stopped\n").into_response())
+            .ok_or_else(|| Box::new((StatusCode::SERVICE_UNAVAILABLE, "stopped\n").into_response()))
     }
 }
 
@@ -52,7 +52,7 @@ pub async fn start(app: &Arc<App>, address: &str) -> std::io::Result<SocketAddr>
 async fn bearer(State(shared): State<Shared>, request: Request, next: Next) -> Response {
     let app = match shared.app() {
         Ok(app) => app,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if let Some(token) = &app.settings.admin.http_token {
         let given = request
@@ -90,7 +90,7 @@ async fn metrics(State(shared): State<Shared>) -> Response {
             super::prom::render(&app),
         )
             .into_response(),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -101,7 +101,7 @@ async fn readyz(State(shared): State<Shared>) -> Response {
             (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
         }
         Ok(_) => "ready\n".into_response(),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -116,6 +116,6 @@ async fn status(State(shared): State<Shared>) -> Response {
             super::page::status_json(&app),
         )
             .into_response(),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }

@@ -50,7 +50,9 @@ pub fn admit(
             Ok(seen)
         }
         None => {
-            app.metrics.tenant(tenant).error(sqlstate::TOO_MANY_CONNECTIONS.code().as_bytes());
+            app.metrics
+                .tenant(tenant)
+                .error(sqlstate::TOO_MANY_CONNECTIONS.code().as_bytes());
             Err(Refusal::new(
                 sqlstate::TOO_MANY_CONNECTIONS,
                 format!("tenant \"{tenant}\" has too many clients: at most {limit} (proxy.max_client_conn_per_tenant)"),
@@ -114,9 +116,8 @@ fn sweep(app: &Arc<App>) {
             } else {
                 continue;
             };
-            let fatal = messages::build(|b| {
-                messages::error_response(b, Severity::Fatal, code, message)
-            });
+            let fatal =
+                messages::build(|b| messages::error_response(b, Severity::Fatal, code, message));
             if client.terminate(&fatal) {
                 tenant.error(code.code().as_bytes());
                 tracing::info!(client = %ClientId(client.id), tenant = %tenant.name, user = %client.user, peer = %client.peer, code = code.code(), "{message}");

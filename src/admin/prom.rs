@@ -194,7 +194,11 @@ fn process(app: &App) -> Process {
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
-        if let Some(rss) = statm.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()) {
+        if let Some(rss) = statm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse::<u64>().ok())
+        {
             p.resident_bytes = rss * page;
         }
     }
@@ -316,7 +320,12 @@ impl Collector for Scrape {
                 |f| f.bytes_out,
             ),
         ] {
-            counter(&mut e, name, help, t.iter().map(|(n, f)| (tenant(n), get(f))))?;
+            counter(
+                &mut e,
+                name,
+                help,
+                t.iter().map(|(n, f)| (tenant(n), get(f))),
+            )?;
         }
         counter(
             &mut e,

@@ -177,7 +177,12 @@ pub fn no_parameters(buf: &mut BytesMut) {
 
 pub fn notice(buf: &mut BytesMut, text: &str) {
     message(buf, b'N', |b| {
-        for (kind, value) in [(b'S', "NOTICE"), (b'V', "NOTICE"), (b'C', "00000"), (b'M', text)] {
+        for (kind, value) in [
+            (b'S', "NOTICE"),
+            (b'V', "NOTICE"),
+            (b'C', "00000"),
+            (b'M', text),
+        ] {
             b.put_u8(kind);
             b.put_slice(value.as_bytes());
             b.put_u8(0);

@@ -40,7 +40,10 @@ pub enum PoolError {
         waited: Duration,
     },
     #[error("tenant \"{tenant}\" is paused (waited {waited:?})")]
-    Paused { tenant: TenantName, waited: Duration },
+    Paused {
+        tenant: TenantName,
+        waited: Duration,
+    },
     #[error("tenant \"{tenant}\": host {host} ({address}): {source}")]
     Backend {
         tenant: TenantName,

@@ -54,6 +54,7 @@ pub(super) struct TenantPool {
 }
 
 impl TenantPool {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         tenant: TenantName,
         host: HostName,

@@ -99,7 +99,9 @@ async fn resume(app: Arc<App>, parked: Parked) -> Served {
     let Ok(stream) = TcpStream::from_std(client) else {
         return Served::Done;
     };
-    carried.seen.socket(Some(std::os::fd::AsRawFd::as_raw_fd(&stream)));
+    carried
+        .seen
+        .socket(Some(std::os::fd::AsRawFd::as_raw_fd(&stream)));
     carried.seen.set_state(crate::metrics::ClientState::Idle);
     let peer = stream
         .peer_addr()

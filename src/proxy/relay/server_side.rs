@@ -71,7 +71,9 @@ impl Session<'_> {
                 b'E' => self
                     .seen
                     .tenant()
-                    .error(&crate::protocol::messages::error_code(&rest[HEADER_LEN..len])),
+                    .error(crate::protocol::messages::error_code(
+                        &rest[HEADER_LEN..len],
+                    )),
                 b'S' => {
                     if let Some((name, value)) = parse_parameter_status(&rest[HEADER_LEN..len]) {
                         if CLIENT_PARAMETERS.contains(&name) {
