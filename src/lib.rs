@@ -6,6 +6,7 @@ pub mod admin;
 pub mod alloc;
 pub mod app;
 pub mod backend;
+pub mod check;
 pub mod config;
 pub mod metrics;
 pub mod pool;

@@ -406,6 +406,8 @@ impl ClientSeen {
 impl Drop for ClientSeen {
     fn drop(&mut self) {
         self.socket(None);
+        let c = &self.0;
+        tracing::info!(client = %format_args!("c{}", c.id), tenant = %c.tenant.name, user = %c.user, peer = %c.peer, "client disconnected");
         let tenant = &self.0.tenant;
         tenant.states[self.0.state.load(Ordering::Relaxed) as usize]
             .fetch_sub(1, Ordering::Relaxed);

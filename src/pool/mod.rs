@@ -210,6 +210,12 @@ impl Pools {
             self.max_message,
         ))
         .await
+        .map_err(|source| {
+            // The operator's view: which address, and what the system said (refused,
+            // timed out); the client is told less (`proxy::refusal`).
+            tracing::info!(tenant = %pool.tenant, host = %pool.host, address = %pool.target.address, error = %source, "cannot open a server connection");
+            source
+        })
         .map_err(|source| PoolError::Backend {
             tenant: pool.tenant.clone(),
             host: pool.host.to_string(),

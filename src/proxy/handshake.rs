@@ -25,6 +25,9 @@ pub enum HandshakeError {
     Closed,
     #[error("too many encryption requests")]
     TooManyRequests,
+    /// The startup asks for something a pooled session cannot give (replication).
+    #[error("{0}")]
+    Unsupported(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -45,7 +48,12 @@ async fn read_packets(stream: &mut TcpStream) -> Result<Handshake, HandshakeErro
     let mut requests = 0;
     loop {
         match parse_startup(&mut buf)? {
-            Some(StartupPacket::Startup(msg)) => return Ok(Handshake::Startup(msg)),
+            Some(StartupPacket::Startup(msg)) => {
+                return match msg.unsupported() {
+                    Some(why) => Err(HandshakeError::Unsupported(why)),
+                    None => Ok(Handshake::Startup(msg)),
+                }
+            }
             Some(StartupPacket::Cancel(key)) => return Ok(Handshake::Cancel(key)),
             Some(StartupPacket::SslRequest | StartupPacket::GssEncRequest) => {
                 // A client may ask for SSL and then GSS; more than that is a loop.

@@ -35,7 +35,11 @@ impl Refusal {
 
 impl From<&HandshakeError> for Refusal {
     fn from(e: &HandshakeError) -> Refusal {
-        Refusal::new(sqlstate::PROTOCOL_VIOLATION, e.to_string())
+        let code = match e {
+            HandshakeError::Unsupported(_) => sqlstate::FEATURE_NOT_SUPPORTED,
+            _ => sqlstate::PROTOCOL_VIOLATION,
+        };
+        Refusal::new(code, e.to_string())
     }
 }
 

@@ -74,7 +74,7 @@ pub struct Tenant {
 
 /// The part of the template entry `[tenants."*"]` that is filled in per tenant.
 pub const TEMPLATE_KEY: &str = "*";
-const TENANT_PLACEHOLDER: &str = "{tenant}";
+pub const TENANT_PLACEHOLDER: &str = "{tenant}";
 
 /// Template tenants are made from untrusted names, so only plain names qualify.
 fn is_template_name(name: &str) -> bool {
@@ -144,12 +144,11 @@ impl Snapshot {
         self.hosts.values()
     }
 
-    /// The listed tenants (not those the template entry would make).
+    /// The listed tenants (not the template entry), in no particular order.
     pub fn tenants(&self) -> impl Iterator<Item = &Arc<Tenant>> {
         self.tenants.values()
     }
 
-    /// The template entry `[tenants."*"]`, if any.
     pub fn template(&self) -> Option<&Tenant> {
         self.template.as_ref()
     }
