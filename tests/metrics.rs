@@ -212,3 +212,44 @@ async fn health_readiness_and_token() {
     assert!(*app.shutdown.borrow());
     assert_eq!(get(&format!("{base}/readyz"), Some("s3cret")).await.0, 503);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grafana_dashboard_asks_only_for_exported_series() {
+    let env = EnvBuilder::erp().settings(HTTP).start().await;
+    let acme = env.connect("app", "acme").await;
+    items(&acme).await;
+    let _ = acme.simple_query("SELECT 1/0").await;
+    let (_, text) = get(
+        &format!("http://{}/metrics", env.server().http_addr().unwrap()),
+        None,
+    )
+    .await;
+    let dashboard = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/pgtenant.json"),
+    )
+    .unwrap();
+    let json: serde_json::Value = serde_json::from_str(&dashboard).expect("valid JSON");
+    let mut asked = Vec::new();
+    for panel in json["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(at) = rest.find("pgtenant_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                asked.push(name);
+            }
+        }
+    }
+    assert!(asked.len() > 10);
+    for name in asked {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} "))),
+            "the dashboard asks for {name}, which /metrics does not export"
+        );
+    }
+}
