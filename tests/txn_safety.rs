@@ -984,3 +984,78 @@ async fn a_function_cannot_plant_a_statement_under_a_proxy_name() {
     holder.batch_execute("COMMIT").await.unwrap();
     assert_none(problems);
 }
+
+/// A function the client may call can also drop, by SQL, a statement the proxy's
+/// record says the server holds. The next Bind of it fails there with 26000: outside
+/// a transaction block the proxy prepares it again and runs the segment again, and
+/// the client never sees the error; inside a block it cannot be hidden (the block is
+/// aborted), and that server is closed afterwards rather than reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_dropped_behind_the_proxy_is_prepared_again_unseen() {
+    let env = txn_env()
+        .seed(
+            "erp",
+            "CREATE FUNCTION public.unprepare(name text) RETURNS void LANGUAGE plpgsql AS $$ \
+             BEGIN EXECUTE format('DEALLOCATE %I', name); END $$; \
+             GRANT EXECUTE ON FUNCTION public.unprepare(text) TO PUBLIC;",
+        )
+        .start()
+        .await;
+    let victim = env.connect("app", "acme").await;
+    let attacker = env.connect("app", "acme").await;
+    let sql = "SELECT 'victim'::text AS who, pg_backend_pid()::text AS pid";
+    let statement = victim.prepare(sql).await.unwrap();
+    let first = victim.query_one(&statement, &[]).await.unwrap();
+    let server: String = first.get(1);
+    // The server the victim released last is handed out next (to the attacker, then
+    // the victim again).
+    let name = value(
+        &attacker,
+        &format!(
+            "SELECT name FROM pg_prepared_statements WHERE statement = '{}'",
+            sql.replace('\'', "''")
+        ),
+    )
+    .await;
+    let dropped_on = value(
+        &attacker,
+        &format!("SELECT pg_backend_pid()::text FROM public.unprepare('{name}')"),
+    )
+    .await;
+    assert_eq!(dropped_on, server, "dropped where the victim ran");
+    let again = victim
+        .query_one(&statement, &[])
+        .await
+        .expect("the missing statement is prepared again unseen");
+    assert_eq!(again.get::<_, String>(0), "victim");
+    assert_eq!(
+        again.get::<_, String>(1),
+        server,
+        "on the server it was dropped from"
+    );
+
+    // Inside a block the error cannot be hidden; that server is not reused after.
+    let dropped_on = value(
+        &attacker,
+        &format!("SELECT pg_backend_pid()::text FROM public.unprepare('{name}')"),
+    )
+    .await;
+    assert_eq!(dropped_on, server, "dropped where the victim ran");
+    victim.batch_execute("BEGIN").await.unwrap();
+    let in_block = victim.query_one(&statement, &[]).await;
+    assert!(
+        in_block
+            .as_ref()
+            .is_err_and(|e| describe(e).contains("26000")),
+        "{:?}",
+        in_block.map(|row| row.get::<_, String>(1))
+    );
+    victim.batch_execute("ROLLBACK").await.unwrap();
+    let after = victim.query_one(&statement, &[]).await.unwrap();
+    assert_eq!(after.get::<_, String>(0), "victim");
+    assert_ne!(
+        after.get::<_, String>(1),
+        server,
+        "the server was closed, not reused"
+    );
+}

@@ -16,6 +16,7 @@
 
 mod follow;
 pub mod queue;
+mod retry;
 pub mod settings;
 
 use std::sync::Arc;

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::follow::Follow;
+use super::retry::Retry;
 use crate::backend::PreparedCache;
 use crate::pool::statements::{Note, Statement, Statements};
 use crate::protocol::frame::read_cstr;
@@ -125,6 +126,12 @@ pub struct Txn {
     max_statements: usize,
     /// The server's answers disagreed with the proxy's record of its statements.
     out_of_step: bool,
+    /// The current segment, kept while it may need to run again (`retry.rs`).
+    retry: Option<Box<Retry>>,
+    /// Messages to send the server again, for the relay to take.
+    replay: Vec<Bytes>,
+    /// A held error the client gets after all, before the message just received.
+    before_this: Option<Bytes>,
 }
 
 fn frame(tag: u8, body: impl FnOnce(&mut BytesMut)) -> Bytes {
@@ -168,6 +175,11 @@ impl Txn {
     /// query or statement does (`read`, for Query and Parse). `body`: the message
     /// without its header.
     pub fn forwarded(&mut self, tag: u8, body: &[u8], read: Option<&Classified>) {
+        if let Some(retry) = self.retry.as_mut() {
+            if !retry.complete && !retry.keep(tag, frame(tag, |b| b.put_slice(body))) {
+                self.retry = None;
+            }
+        }
         if !self.follows_settings || !matches!(tag, b'Q' | b'P' | b'B' | b'E') {
             return self.sent(tag);
         }
@@ -359,6 +371,10 @@ impl Txn {
         statements: &Statements,
         out: &mut Vec<Bytes>,
     ) -> Result<(), TooManyStatements> {
+        if self.retry.as_ref().is_some_and(|r| !r.complete) {
+            // The segment is no longer one that can simply be sent again.
+            self.retry = None;
+        }
         if tag != b'P' {
             self.rewrite_use(tag, body, server, out);
             return Ok(());
@@ -432,15 +448,21 @@ impl Txn {
                     // Unknown to us: the server answers "does not exist" itself.
                     return self.pass(tag, body, out);
                 };
+                // A segment that starts by binding a statement the record says the
+                // server holds is kept, in case it does not (`retry.rs`).
+                let starts_segment = self.queue.is_empty() && server.touch(&statement.name);
                 self.ensure_prepared(server, &statement, out);
                 self.follow.bound(portal, statement.note.clone());
-                out.push(frame(b'B', |b| {
+                let bind = frame(b'B', |b| {
                     b.put_slice(portal);
                     b.put_u8(0);
                     b.put_slice(statement.name.as_bytes());
                     b.put_u8(0);
                     b.put_slice(params);
-                }));
+                });
+                self.retry = (starts_segment && bind.len() <= 1024)
+                    .then(|| Box::new(Retry::new(statement.clone(), bind.clone())));
+                out.push(bind);
                 self.queue.push_back(Expect::Bind);
             }
             b'D' => {
@@ -580,6 +602,11 @@ impl Txn {
             }
             b'E' => {
                 self.copy = CopyIn::None;
+                if self.hold_for_retry(body) {
+                    self.skip_to_sync(server);
+                    return Verdict::Swallow;
+                }
+                self.retry = None;
                 self.follow.error();
                 if out_of_step(body) {
                     self.out_of_step = true;
@@ -591,6 +618,10 @@ impl Txn {
             }
             b'G' => self.copy_in_started(),
             b'Z' => {
+                if let Some(verdict) = self.retry_at_ready(body, server) {
+                    return verdict;
+                }
+                self.retry = None;
                 while let Some(expect) = self.queue.pop_front() {
                     match expect {
                         Expect::Query {
@@ -611,6 +642,65 @@ impl Txn {
             _ => {}
         }
         verdict
+    }
+
+    /// An ErrorResponse that may be a statement missing at the start of a kept
+    /// segment: held (not forwarded) until the ReadyForQuery says whether to retry.
+    fn hold_for_retry(&mut self, body: &[u8]) -> bool {
+        let Some(retry) = self.retry.as_mut() else {
+            return false;
+        };
+        let fields = messages::parse_error_fields(body);
+        let first_unanswered = matches!(self.queue.front(), Some(Expect::Bind));
+        if !retry.complete
+            || !first_unanswered
+            || retry.held_error.is_some()
+            || !retry.is_missing_statement(&fields.code, &fields.message)
+        {
+            return false;
+        }
+        retry.held_error = Some(frame(b'E', |b| b.put_slice(body)));
+        true
+    }
+
+    /// The ReadyForQuery after a held error. Outside a block ('I') the error undid the
+    /// whole segment: the statement is prepared again and the segment sent again, and
+    /// neither answer reaches the client. Otherwise the client gets the error after all.
+    fn retry_at_ready(&mut self, body: &[u8], server: &mut PreparedCache) -> Option<Verdict> {
+        let error = self.retry.as_mut()?.held_error.take()?;
+        let retry = self.retry.take()?;
+        server.remove(&retry.statement.name);
+        // The Sync that ended the skipped segment.
+        self.pop_if(|e| matches!(e, Expect::Sync));
+        if body.first() != Some(&b'I') {
+            self.out_of_step = true;
+            self.follow.error();
+            self.follow.ready(body.first().copied().unwrap_or(b'E'));
+            self.before_this = Some(error);
+            return Some(Verdict::Forward);
+        }
+        let mut out = Vec::new();
+        self.prepare(server, &retry.statement, None, &mut out);
+        for (tag, message) in retry.messages {
+            if tag == b'B' {
+                self.queue.push_back(Expect::Bind);
+            } else {
+                self.sent(tag);
+            }
+            out.push(message);
+        }
+        self.replay.extend(out);
+        Some(Verdict::Swallow)
+    }
+
+    /// A message the client must get before the server message just received.
+    pub fn take_before_this(&mut self) -> Option<Bytes> {
+        self.before_this.take()
+    }
+
+    /// Messages the server must get again (a segment retried), in order.
+    pub fn take_replay(&mut self) -> Vec<Bytes> {
+        std::mem::take(&mut self.replay)
     }
 
     /// A statement that completed dropped prepared statements on the server: the

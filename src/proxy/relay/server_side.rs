@@ -101,7 +101,13 @@ impl Session<'_> {
                 &conn.buf[ready + HEADER_LEN..ready + len],
                 &mut conn.prepared,
             );
-            if tag == b'E' && self.txn.take_out_of_step() {
+            // A held error the client gets after all comes before this message; a
+            // segment run again goes back to the server.
+            answers.extend(self.txn.take_before_this());
+            for bytes in self.txn.take_replay() {
+                self.to_server.push(bytes);
+            }
+            if self.txn.take_out_of_step() {
                 tracing::warn!(client = %self.id, tenant = %self.resolved.tenant.name, "server's prepared statements differ from the proxy's record; it will be closed after this transaction");
                 conn.out_of_step = true;
             }
