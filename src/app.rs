@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::config::Settings;
+use crate::metrics::Metrics;
 use crate::pool::Pools;
 use crate::proxy::cancel::Cancels;
 use crate::proxy::park::Lot;
@@ -34,6 +35,10 @@ pub struct App {
     pub parking: Arc<Lot>,
     /// Turns true when the proxy is stopping: sessions end at their next idle moment.
     pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// Per tenant figures and connected clients (the pools count into the same).
+    pub metrics: Arc<Metrics>,
+    /// Turns true when the admin console asked the proxy to stop (SHUTDOWN).
+    pub stop_requested: tokio::sync::watch::Sender<bool>,
 }
 
 impl App {
@@ -43,8 +48,11 @@ impl App {
             settings.proxy.max_message_size,
             settings.proxy.pool_mode,
         ));
+        let metrics = pools.metrics.clone();
         Arc::new(App {
             settings,
+            metrics,
+            stop_requested: tokio::sync::watch::Sender::new(false),
             registry,
             pools,
             cancels: Arc::default(),

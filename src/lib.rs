@@ -2,11 +2,13 @@
 //! multi-tenant application from its own pool, on its own host, with its own
 //! search_path. See DESIGN in the README for the path of one connection.
 
+pub mod admin;
 pub mod alloc;
 pub mod app;
 pub mod backend;
 pub mod check;
 pub mod config;
+pub mod metrics;
 pub mod pool;
 pub mod protocol;
 pub mod proxy;

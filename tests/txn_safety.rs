@@ -927,3 +927,141 @@ async fn an_empty_reset_query_never_hands_a_role_to_the_next_client() {
         assert_eq!(value(&next, "SELECT current_user::text").await, "app");
     }
 }
+
+/// A function the client may call runs any SQL unseen, here preparing, on the server
+/// the proxy's record says lacks it, a statement under the server-side name of
+/// another client's statement with other text. When that client's statement is
+/// prepared there, it must still run its own text (and not fail with 42P05).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_cannot_plant_a_statement_under_a_proxy_name() {
+    let env = txn_env()
+        .seed(
+            "erp",
+            "CREATE FUNCTION public.plant(name text) RETURNS void LANGUAGE plpgsql AS $$ \
+             BEGIN EXECUTE format('PREPARE %I AS SELECT %L::text AS who', name, 'attacker'); END $$; \
+             GRANT EXECUTE ON FUNCTION public.plant(text) TO PUBLIC;",
+        )
+        .start()
+        .await;
+    let victim = env.connect("app", "acme").await;
+    let holder = env.connect("app", "acme").await;
+    let attacker = env.connect("app", "acme").await;
+    let sql = "SELECT 'victim'::text AS who";
+    let statement = victim.prepare(sql).await.unwrap();
+    async fn run(client: &Client, statement: &tokio_postgres::Statement) -> Result<String, String> {
+        client
+            .query_one(statement, &[])
+            .await
+            .map(|row| row.get::<_, String>(0))
+            .map_err(|e| describe(&e))
+    }
+    assert_eq!(run(&victim, &statement).await.as_deref(), Ok("victim"));
+    // The victim's server was released last, so it is handed out next: read the
+    // name there, then hold it so the attacker runs on the other server.
+    let name = value(
+        &attacker,
+        &format!(
+            "SELECT name FROM pg_prepared_statements WHERE statement = '{}'",
+            sql.replace('\'', "''")
+        ),
+    )
+    .await;
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let planted_on = value(&attacker, "SELECT pg_backend_pid()::text").await;
+    attacker
+        .simple_query(&format!("SELECT public.plant('{name}')"))
+        .await
+        .expect("the function plants the statement");
+    // With the holder still on the other server, the victim runs where it was planted.
+    let mut problems = Vec::new();
+    for round in 0..4 {
+        let pid = value(&victim, "SELECT pg_backend_pid()::text").await;
+        match run(&victim, &statement).await {
+            Ok(who) if who == "victim" => {}
+            Ok(who) => problems.push(format!("round {round} on {pid}: ran as {who:?}")),
+            Err(e) => problems.push(format!("round {round} on {pid}: {e}")),
+        }
+        if pid != planted_on {
+            problems.push(format!(
+                "round {round}: ran on {pid}, not on the server the statement was planted on ({planted_on})"
+            ));
+        }
+    }
+    holder.batch_execute("COMMIT").await.unwrap();
+    assert_none(problems);
+}
+
+/// A function the client may call can also drop, by SQL, a statement the proxy's
+/// record says the server holds. The next Bind of it fails there with 26000: outside
+/// a transaction block the proxy prepares it again and runs the segment again, and
+/// the client never sees the error; inside a block it cannot be hidden (the block is
+/// aborted), and that server is closed afterwards rather than reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_dropped_behind_the_proxy_is_prepared_again_unseen() {
+    let env = txn_env()
+        .seed(
+            "erp",
+            "CREATE FUNCTION public.unprepare(name text) RETURNS void LANGUAGE plpgsql AS $$ \
+             BEGIN EXECUTE format('DEALLOCATE %I', name); END $$; \
+             GRANT EXECUTE ON FUNCTION public.unprepare(text) TO PUBLIC;",
+        )
+        .start()
+        .await;
+    let victim = env.connect("app", "acme").await;
+    let attacker = env.connect("app", "acme").await;
+    let sql = "SELECT 'victim'::text AS who, pg_backend_pid()::text AS pid";
+    let statement = victim.prepare(sql).await.unwrap();
+    let first = victim.query_one(&statement, &[]).await.unwrap();
+    let server: String = first.get(1);
+    // The server the victim released last is handed out next (to the attacker, then
+    // the victim again).
+    let name = value(
+        &attacker,
+        &format!(
+            "SELECT name FROM pg_prepared_statements WHERE statement = '{}'",
+            sql.replace('\'', "''")
+        ),
+    )
+    .await;
+    let dropped_on = value(
+        &attacker,
+        &format!("SELECT pg_backend_pid()::text FROM public.unprepare('{name}')"),
+    )
+    .await;
+    assert_eq!(dropped_on, server, "dropped where the victim ran");
+    let again = victim
+        .query_one(&statement, &[])
+        .await
+        .expect("the missing statement is prepared again unseen");
+    assert_eq!(again.get::<_, String>(0), "victim");
+    assert_eq!(
+        again.get::<_, String>(1),
+        server,
+        "on the server it was dropped from"
+    );
+
+    // Inside a block the error cannot be hidden; that server is not reused after.
+    let dropped_on = value(
+        &attacker,
+        &format!("SELECT pg_backend_pid()::text FROM public.unprepare('{name}')"),
+    )
+    .await;
+    assert_eq!(dropped_on, server, "dropped where the victim ran");
+    victim.batch_execute("BEGIN").await.unwrap();
+    let in_block = victim.query_one(&statement, &[]).await;
+    assert!(
+        in_block
+            .as_ref()
+            .is_err_and(|e| describe(e).contains("26000")),
+        "{:?}",
+        in_block.map(|row| row.get::<_, String>(1))
+    );
+    victim.batch_execute("ROLLBACK").await.unwrap();
+    let after = victim.query_one(&statement, &[]).await.unwrap();
+    assert_eq!(after.get::<_, String>(0), "victim");
+    assert_ne!(
+        after.get::<_, String>(1),
+        server,
+        "the server was closed, not reused"
+    );
+}

@@ -53,6 +53,13 @@ impl IdleSet {
         self.idle.lock().unwrap().len()
     }
 
+    /// Each idle connection and since when it idles (for reports).
+    pub(super) fn each(&self, mut f: impl FnMut(&ServerConn, Instant)) {
+        for idle in self.idle.lock().unwrap().iter() {
+            f(&idle.conn, idle.since);
+        }
+    }
+
     /// Closes idle connections that have lived past `max_lifetime`, and those idle
     /// past `idle_timeout` beyond the `keep` most recently used.
     pub(super) fn reap(&self, keep: usize, idle_timeout: Duration, max_lifetime: Duration) {
@@ -108,9 +115,13 @@ pub(super) struct TenantPool {
     greeting: Arc<GreetingSlot>,
     /// Named statements of this pool's transaction-mode clients.
     pub(super) statements: super::statements::Statements,
+    /// The tenant's pause gate and figures (shared by all its pools).
+    pub(super) gate: Arc<super::gate::Gate>,
+    pub(super) stats: Arc<crate::metrics::TenantStats>,
 }
 
 impl TenantPool {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         tenant: TenantName,
         host: HostName,
@@ -119,6 +130,8 @@ impl TenantPool {
         budget: Arc<HostBudget>,
         greeting: Arc<GreetingSlot>,
         shared: Option<(Arc<IdleSet>, Arc<str>)>,
+        gate: Arc<super::gate::Gate>,
+        stats: Arc<crate::metrics::TenantStats>,
     ) -> Arc<TenantPool> {
         let (idle, path) = match shared {
             Some((set, path)) => (set, Some(path)),
@@ -140,11 +153,14 @@ impl TenantPool {
             retired: AtomicBool::new(false),
             greeting,
             statements: Default::default(),
+            gate,
+            stats,
         })
     }
 
     /// Records what a freshly opened connection reported, for greeting clients.
     pub(super) fn opened(&self, conn: &ServerConn) {
+        self.budget.opens.fetch_add(1, Ordering::Relaxed);
         *self.greeting.lock().unwrap() = Some(Arc::new(conn.greeting()));
     }
 
@@ -230,6 +246,14 @@ impl TenantPool {
 
     pub(super) fn busy(&self) -> usize {
         self.size - self.slots.available_permits()
+    }
+
+    /// Each idle connection of its own and since when it idles (for reports); a
+    /// shared set's are reported once, as the set's (`IdleSet::each`).
+    pub(super) fn each_idle(&self, f: impl FnMut(&ServerConn, Instant)) {
+        if !self.is_shared() {
+            self.idle.each(f);
+        }
     }
 
     pub(super) fn idle_count(&self) -> usize {

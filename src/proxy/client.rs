@@ -84,7 +84,7 @@ pub async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, id: Clien
             Ok(None) => Ok(Served::Done),
             Err(refusal) => Err(refusal),
         };
-        log_end(id, peer, result)
+        log_end(&app, id, peer, result)
     }
     .instrument(span)
     .await
@@ -94,9 +94,15 @@ pub async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, id: Clien
 async fn resume(app: Arc<App>, parked: Parked) -> Served {
     let Parked { client, carried } = parked;
     let id = carried.id;
+    // The socket changes hands: it is not closed behind the client's entry's back.
+    carried.seen.socket(None);
     let Ok(stream) = TcpStream::from_std(client) else {
         return Served::Done;
     };
+    carried
+        .seen
+        .socket(Some(std::os::fd::AsRawFd::as_raw_fd(&stream)));
+    carried.seen.set_state(crate::metrics::ClientState::Idle);
     let peer = stream
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -109,16 +115,17 @@ async fn resume(app: Arc<App>, parked: Parked) -> Served {
             PoolMode::Transaction,
             carried,
         ));
-        log_end(id, peer, relay(session).await)
+        log_end(&app, id, peer, relay(session).await)
     }
     .instrument(span)
     .await
 }
 
-fn log_end(id: ClientId, peer: SocketAddr, result: Result<Served, Refusal>) -> Served {
+fn log_end(app: &App, id: ClientId, peer: SocketAddr, result: Result<Served, Refusal>) -> Served {
     match result {
         Ok(served) => served,
         Err(refusal) => {
+            app.metrics.refused(refusal.code.code());
             tracing::info!(%id, %peer, code = refusal.code.code(), "refused: {}", refusal.message);
             Served::Done
         }
@@ -148,6 +155,9 @@ async fn start(
         messages::negotiate_protocol_version(&mut out, SUPPORTED_MINOR, &startup.protocol_options);
     }
 
+    if crate::admin::is_console(&app.settings.admin, &startup) {
+        return crate::admin::console::serve(app, stream, out, &startup, id).await;
+    }
     let snapshot = app.registry.snapshot();
     let resolved = match resolve(&snapshot, &app.settings.proxy.tenant_from, &startup) {
         Ok(resolved) => resolved,
@@ -159,6 +169,10 @@ async fn start(
 
     // Client authentication: `trust` is the method this version serves.
     messages::authentication_ok(&mut out);
+    let seen = match crate::admin::limits::admit(app, id, &resolved, &stream) {
+        Ok(seen) => seen,
+        Err(e) => return Err(refuse_after(&mut stream, out, e).await),
+    };
 
     let pool = app
         .pools
@@ -182,6 +196,7 @@ async fn start(
             None
         }
         None => {
+            seen.set_state(crate::metrics::ClientState::Waiting);
             let mut server = match app.pools.checkout(&pool).await {
                 Ok(server) => server,
                 Err(e) => return Err(refuse_after(&mut stream, out, Refusal::from(&e)).await),
@@ -216,6 +231,7 @@ async fn start(
         settings,
         txn,
         cancel,
+        seen,
     };
     let mut session = Box::new(Session::new(app, stream, server, mode, carried));
     if mode == PoolMode::Transaction {

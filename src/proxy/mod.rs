@@ -9,7 +9,7 @@ mod handshake;
 mod listener;
 mod outbox;
 pub mod park;
-mod refusal;
+pub mod refusal;
 mod relay;
 mod resolve;
 mod wait;

@@ -16,6 +16,7 @@
 
 mod follow;
 pub mod queue;
+mod retry;
 pub mod settings;
 
 use std::sync::Arc;
@@ -40,6 +41,8 @@ pub struct Carried {
     /// Statement names (transaction mode) and settings changed in flight.
     pub txn: Txn,
     pub cancel: CancelHandle,
+    /// The client's entry in the tenant's figures (console, metrics, limits).
+    pub seen: crate::metrics::ClientSeen,
 }
 
 /// What becomes of a server connection its client lets go of.

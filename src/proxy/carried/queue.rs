@@ -15,6 +15,7 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::follow::Follow;
+use super::retry::Retry;
 use crate::backend::PreparedCache;
 use crate::pool::statements::{Note, Statement, Statements};
 use crate::protocol::frame::read_cstr;
@@ -67,6 +68,8 @@ enum Expect {
     Close {
         evicted: Option<Arc<str>>,
     },
+    /// The proxy closed a name before preparing under it; nobody is answered.
+    Clear,
     Sync,
     /// A simple query; a session-level SET/RESET in it follows the client if the
     /// query succeeds (`failed` notes an ErrorResponse).
@@ -166,6 +169,12 @@ pub struct Txn {
     /// it now (after a query), or after the next Sync (extended protocol).
     restore_now: Option<PathReset>,
     restore_at_sync: Option<PathReset>,
+    /// The current segment, kept while it may need to run again (`retry.rs`).
+    retry: Option<Box<Retry>>,
+    /// Messages to send the server again, for the relay to take.
+    replay: Vec<Bytes>,
+    /// A held error the client gets after all, before the message just received.
+    before_this: Option<Bytes>,
 }
 
 fn frame(tag: u8, body: impl FnOnce(&mut BytesMut)) -> Bytes {
@@ -209,6 +218,11 @@ impl Txn {
     /// query or statement does (`read`, for Query and Parse). `body`: the message
     /// without its header.
     pub fn forwarded(&mut self, tag: u8, body: &[u8], read: Option<&Classified>) {
+        if let Some(retry) = self.retry.as_mut() {
+            if !retry.complete && !retry.keep(tag, frame(tag, |b| b.put_slice(body))) {
+                self.retry = None;
+            }
+        }
         if !self.follows_settings || !matches!(tag, b'Q' | b'P' | b'B' | b'E') {
             return self.sent(tag);
         }
@@ -434,6 +448,10 @@ impl Txn {
         statements: &Statements,
         out: &mut Vec<Bytes>,
     ) -> Result<(), TooManyStatements> {
+        if self.retry.as_ref().is_some_and(|r| !r.complete) {
+            // The segment is no longer one that can simply be sent again.
+            self.retry = None;
+        }
         if tag != b'P' {
             self.rewrite_use(tag, body, server, out);
             return Ok(());
@@ -507,15 +525,21 @@ impl Txn {
                     // Unknown to us: the server answers "does not exist" itself.
                     return self.pass(tag, body, out);
                 };
+                // A segment that starts by binding a statement the record says the
+                // server holds is kept, in case it does not (`retry.rs`).
+                let starts_segment = self.queue.is_empty() && server.touch(&statement.name);
                 self.ensure_prepared(server, &statement, out);
                 self.follow.bound(portal, statement.note.clone());
-                out.push(frame(b'B', |b| {
+                let bind = frame(b'B', |b| {
                     b.put_slice(portal);
                     b.put_u8(0);
                     b.put_slice(statement.name.as_bytes());
                     b.put_u8(0);
                     b.put_slice(params);
-                }));
+                });
+                self.retry = (starts_segment && bind.len() <= 1024)
+                    .then(|| Box::new(Retry::new(statement.clone(), bind.clone())));
+                out.push(bind);
                 self.queue.push_back(Expect::Bind);
             }
             b'D' => {
@@ -581,6 +605,15 @@ impl Txn {
                 evicted: Some(evicted),
             });
         }
+        // The name is freed first (Close of a name the server lacks is no error):
+        // whatever the server holds under it, the Parse never fails with 42P05 and
+        // the statement is the proxy's text.
+        out.push(frame(b'C', |b| {
+            b.put_u8(b'S');
+            b.put_slice(statement.name.as_bytes());
+            b.put_u8(0);
+        }));
+        self.queue.push_back(Expect::Clear);
         out.push(statement.parse.clone());
         self.queue.push_back(Expect::Parse {
             swallow: client.is_none(),
@@ -658,12 +691,13 @@ impl Txn {
         let verdict = match (tag, self.queue.front()) {
             (b'1', Some(Expect::Parse { swallow, .. })) => swallowed(*swallow),
             (b'3', Some(Expect::Close { evicted })) => swallowed(evicted.is_some()),
+            (b'3', Some(Expect::Clear)) => Verdict::Swallow,
             _ => Verdict::Forward,
         };
         match tag {
             b'1' => self.pop_if(|e| matches!(e, Expect::Parse { .. })),
             b'2' => self.pop_if(|e| matches!(e, Expect::Bind)),
-            b'3' => self.pop_if(|e| matches!(e, Expect::Close { .. })),
+            b'3' => self.pop_if(|e| matches!(e, Expect::Close { .. } | Expect::Clear)),
             b'T' | b'n' => self.pop_if(|e| matches!(e, Expect::Describe)),
             b'C' | b'I' | b's' => {
                 self.copy = CopyIn::None;
@@ -699,6 +733,11 @@ impl Txn {
             }
             b'E' => {
                 self.copy = CopyIn::None;
+                if self.hold_for_retry(body) {
+                    self.skip_to_sync(server);
+                    return Verdict::Swallow;
+                }
+                self.retry = None;
                 self.follow.error();
                 if out_of_step(body) {
                     self.out_of_step = true;
@@ -710,6 +749,10 @@ impl Txn {
             }
             b'G' => self.copy_in_started(),
             b'Z' => {
+                if let Some(verdict) = self.retry_at_ready(body, server) {
+                    return verdict;
+                }
+                self.retry = None;
                 while let Some(expect) = self.queue.pop_front() {
                     match expect {
                         Expect::Query {
@@ -730,6 +773,65 @@ impl Txn {
             _ => {}
         }
         verdict
+    }
+
+    /// An ErrorResponse that may be a statement missing at the start of a kept
+    /// segment: held (not forwarded) until the ReadyForQuery says whether to retry.
+    fn hold_for_retry(&mut self, body: &[u8]) -> bool {
+        let Some(retry) = self.retry.as_mut() else {
+            return false;
+        };
+        let fields = messages::parse_error_fields(body);
+        let first_unanswered = matches!(self.queue.front(), Some(Expect::Bind));
+        if !retry.complete
+            || !first_unanswered
+            || retry.held_error.is_some()
+            || !retry.is_missing_statement(&fields.code, &fields.message)
+        {
+            return false;
+        }
+        retry.held_error = Some(frame(b'E', |b| b.put_slice(body)));
+        true
+    }
+
+    /// The ReadyForQuery after a held error. Outside a block ('I') the error undid the
+    /// whole segment: the statement is prepared again and the segment sent again, and
+    /// neither answer reaches the client. Otherwise the client gets the error after all.
+    fn retry_at_ready(&mut self, body: &[u8], server: &mut PreparedCache) -> Option<Verdict> {
+        let error = self.retry.as_mut()?.held_error.take()?;
+        let retry = self.retry.take()?;
+        server.remove(&retry.statement.name);
+        // The Sync that ended the skipped segment.
+        self.pop_if(|e| matches!(e, Expect::Sync));
+        if body.first() != Some(&b'I') {
+            self.out_of_step = true;
+            self.follow.error();
+            self.follow.ready(body.first().copied().unwrap_or(b'E'));
+            self.before_this = Some(error);
+            return Some(Verdict::Forward);
+        }
+        let mut out = Vec::new();
+        self.prepare(server, &retry.statement, None, &mut out);
+        for (tag, message) in retry.messages {
+            if tag == b'B' {
+                self.queue.push_back(Expect::Bind);
+            } else {
+                self.sent(tag);
+            }
+            out.push(message);
+        }
+        self.replay.extend(out);
+        Some(Verdict::Swallow)
+    }
+
+    /// A message the client must get before the server message just received.
+    pub fn take_before_this(&mut self) -> Option<Bytes> {
+        self.before_this.take()
+    }
+
+    /// Messages the server must get again (a segment retried), in order.
+    pub fn take_replay(&mut self) -> Vec<Bytes> {
+        std::mem::take(&mut self.replay)
     }
 
     /// A statement that completed dropped prepared statements on the server: the
@@ -925,9 +1027,11 @@ mod tests {
             b'P',
             &parse("s1", "SELECT 1"),
         );
-        assert_eq!(tags(&out), b"P");
+        assert_eq!(tags(&out), b"CP", "the name is freed first");
         let name = server_name(&statements, "SELECT 1");
-        assert!(out[0][5..].starts_with(name.as_bytes()));
+        assert!(out[0][6..].starts_with(name.as_bytes()));
+        assert!(out[1][5..].starts_with(name.as_bytes()));
+        assert_eq!(txn.received(b'3', &[], &mut cache), Verdict::Swallow);
         assert_eq!(txn.received(b'1', &[], &mut cache), Verdict::Forward);
 
         // The same text under another client name: answered without the server.
@@ -954,13 +1058,14 @@ mod tests {
             b'P',
             &parse("s1", "SELECT $1"),
         );
+        txn.received(b'3', &[], &mut first_server);
         txn.received(b'1', &[], &mut first_server);
 
         let mut second_server = PreparedCache::new(10);
         let out = send(&mut txn, &mut second_server, &statements, b'B', &bind("s1"));
-        assert_eq!(tags(&out), b"PB");
+        assert_eq!(tags(&out), b"CPB");
         let name = server_name(&statements, "SELECT $1");
-        assert!(out[1][6..].starts_with(name.as_bytes()), "Bind is renamed");
+        assert!(out[2][6..].starts_with(name.as_bytes()), "Bind is renamed");
         send(
             &mut txn,
             &mut second_server,
@@ -969,6 +1074,10 @@ mod tests {
             b"\0\0\0\0\0",
         );
         send(&mut txn, &mut second_server, &statements, b'S', b"");
+        assert_eq!(
+            txn.received(b'3', &[], &mut second_server),
+            Verdict::Swallow
+        );
         assert_eq!(
             txn.received(b'1', &[], &mut second_server),
             Verdict::Swallow
@@ -1000,6 +1109,7 @@ mod tests {
             b'P',
             &parse("s1", "SELECT 1"),
         );
+        txn.received(b'3', &[], &mut cache);
         txn.received(b'1', &[], &mut cache);
         // Bind (unnamed) then a Parse the server already has, then Sync.
         send(&mut txn, &mut cache, &statements, b'B', &bind(""));
@@ -1066,6 +1176,7 @@ mod tests {
             b'P',
             &parse("s1", "SELECT 1"),
         );
+        txn.received(b'3', &[], &mut cache);
         txn.received(b'1', &[], &mut cache);
         let out = send(&mut txn, &mut cache, &statements, b'C', &named(b'S', "s1"));
         assert!(out.is_empty());
@@ -1086,6 +1197,7 @@ mod tests {
             b'P',
             &parse("a", "SELECT 1"),
         );
+        txn.received(b'3', &[], &mut cache);
         txn.received(b'1', &[], &mut cache);
         let out = send(
             &mut txn,
@@ -1094,7 +1206,12 @@ mod tests {
             b'P',
             &parse("b", "SELECT 2"),
         );
-        assert_eq!(tags(&out), b"CP");
+        assert_eq!(
+            tags(&out),
+            b"CCP",
+            "the evicted one, then the new name freed"
+        );
+        assert_eq!(txn.received(b'3', &[], &mut cache), Verdict::Swallow);
         assert_eq!(txn.received(b'3', &[], &mut cache), Verdict::Swallow);
         assert_eq!(txn.received(b'1', &[], &mut cache), Verdict::Forward);
         assert!(txn.is_idle());
@@ -1226,6 +1343,6 @@ mod tests {
         // The statement is made at first use.
         let mut cache = PreparedCache::new(10);
         let out = send(&mut txn, &mut cache, &statements, b'B', &bind("s1"));
-        assert_eq!(tags(&out), b"PB");
+        assert_eq!(tags(&out), b"CPB");
     }
 }

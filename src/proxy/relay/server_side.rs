@@ -65,7 +65,16 @@ impl Session<'_> {
             };
             let tag = rest[0];
             match tag {
-                b'Z' => conn.status = rest.get(HEADER_LEN).copied().unwrap_or(b'I'),
+                b'Z' => {
+                    conn.status = rest.get(HEADER_LEN).copied().unwrap_or(b'I');
+                    self.seen.ready(conn.status);
+                }
+                b'E' => self
+                    .seen
+                    .tenant()
+                    .error(crate::protocol::messages::error_code(
+                        &rest[HEADER_LEN..len],
+                    )),
                 b'S' => {
                     if let Some((name, value)) = parse_parameter_status(&rest[HEADER_LEN..len]) {
                         if CLIENT_PARAMETERS.contains(&name) {
@@ -114,7 +123,13 @@ impl Session<'_> {
                 }
                 verdict => verdict,
             };
-            if tag == b'E' && self.txn.take_out_of_step() {
+            // A held error the client gets after all comes before this message; a
+            // segment run again goes back to the server.
+            answers.extend(self.txn.take_before_this());
+            for bytes in self.txn.take_replay() {
+                self.to_server.push(bytes);
+            }
+            if self.txn.take_out_of_step() {
                 tracing::warn!(client = %self.id, tenant = %self.resolved.tenant.name, "server's prepared statements differ from the proxy's record; it will be closed after this transaction");
                 conn.out_of_step = true;
             }
