@@ -9,8 +9,11 @@ use crate::config::Settings;
 use crate::pool::Pools;
 use crate::proxy::cancel::Cancels;
 use crate::proxy::park::Lot;
+use crate::proxy::passthrough::VerifierCache;
+use crate::proxy::pending::Pending;
 use crate::proxy::txn::Statements;
 use crate::registry::Registry;
+use crate::tls::ServerTls;
 
 /// A client connection's id, for logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -37,16 +40,31 @@ pub struct App {
     pub parking: Arc<Lot>,
     /// Turns true when the proxy is stopping: sessions end at their next idle moment.
     pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// Client TLS (`[tls]`), when configured.
+    pub tls: Option<Arc<ServerTls>>,
+    /// Connections not yet authenticated, per source address.
+    pub unauthenticated: Arc<Pending>,
+    /// Role verifiers fetched for auth passthrough.
+    pub passthrough: VerifierCache,
+    /// Salts the fake SCRAM exchange of unknown users: stable per name, unguessable.
+    pub auth_secret: [u8; 32],
 }
 
 impl App {
     pub fn new(settings: Settings, registry: Arc<Registry>) -> Arc<App> {
+        Self::with_tls(settings, registry, None)
+    }
+
+    pub fn with_tls(
+        settings: Settings,
+        registry: Arc<Registry>,
+        tls: Option<Arc<ServerTls>>,
+    ) -> Arc<App> {
         let pools = Arc::new(Pools::new(
             settings.pool.clone(),
             settings.proxy.max_message_size,
         ));
         Arc::new(App {
-            settings,
             registry,
             pools,
             statements: Statements::default(),
@@ -55,6 +73,11 @@ impl App {
             clients: AtomicUsize::new(0),
             parking: Arc::new(Lot::new()),
             shutdown: tokio::sync::watch::Sender::new(false),
+            tls,
+            unauthenticated: Pending::new(settings.proxy.max_unauthenticated_per_address),
+            passthrough: VerifierCache::default(),
+            auth_secret: rand::random(),
+            settings,
         })
     }
 

@@ -4,13 +4,17 @@
 
 pub mod alloc;
 pub mod app;
+pub mod auth;
 pub mod backend;
+pub mod cli;
 pub mod config;
 pub mod pool;
 pub mod protocol;
 pub mod proxy;
 pub mod registry;
+pub mod secret;
 pub mod server;
+pub mod tls;
 
 pub use app::App;
 pub use config::Settings;

@@ -35,7 +35,12 @@ impl Refusal {
 
 impl From<&HandshakeError> for Refusal {
     fn from(e: &HandshakeError) -> Refusal {
-        Refusal::new(sqlstate::PROTOCOL_VIOLATION, e.to_string())
+        let code = match e {
+            HandshakeError::TlsRequired => sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            HandshakeError::TooManyUnauthenticated(_) => sqlstate::TOO_MANY_CONNECTIONS,
+            _ => sqlstate::PROTOCOL_VIOLATION,
+        };
+        Refusal::new(code, e.to_string())
     }
 }
 

@@ -12,6 +12,8 @@
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod tls;
+
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
