@@ -11,7 +11,6 @@ use crate::proxy::cancel::Cancels;
 use crate::proxy::park::Lot;
 use crate::proxy::passthrough::VerifierCache;
 use crate::proxy::pending::Pending;
-use crate::proxy::txn::Statements;
 use crate::registry::Registry;
 use crate::tls::ServerTls;
 
@@ -29,8 +28,6 @@ pub struct App {
     pub settings: Settings,
     pub registry: Arc<Registry>,
     pub pools: Arc<Pools>,
-    /// Server-side names of transaction-mode prepared statements.
-    pub statements: Statements,
     /// Client cancel keys and the servers their queries run on.
     pub cancels: Arc<Cancels>,
     next_client: AtomicU64,
@@ -67,7 +64,6 @@ impl App {
         Arc::new(App {
             registry,
             pools,
-            statements: Statements::default(),
             cancels: Arc::default(),
             next_client: AtomicU64::new(1),
             clients: AtomicUsize::new(0),

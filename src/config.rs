@@ -144,6 +144,9 @@ pub struct PoolSettings {
     pub min_idle: usize,
     /// Proxy-named prepared statements one server connection keeps (transaction mode).
     pub max_prepared_statements: usize,
+    /// Named prepared statements one transaction-mode client may hold at once: the
+    /// proxy keeps each client's names, so this bounds its memory per client.
+    pub max_client_statements: usize,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     #[serde(with = "humantime_serde")]
@@ -196,6 +199,7 @@ impl Default for PoolSettings {
             pool_size: 10,
             min_idle: 0,
             max_prepared_statements: 200,
+            max_client_statements: 5000,
             connect_timeout: Duration::from_secs(5),
             checkout_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(600),
@@ -379,6 +383,22 @@ impl Settings {
         }
         if self.pool.max_prepared_statements == 0 {
             problem("pool.max_prepared_statements", "must be at least 1".into());
+        }
+        if self.pool.max_client_statements == 0 {
+            problem("pool.max_client_statements", "must be at least 1".into());
+        }
+        if self.proxy.relay_buffer == 0 {
+            problem(
+                "proxy.relay_buffer",
+                "must be at least 1 byte: it bounds what the proxy queues towards a peer".into(),
+            );
+        }
+        if self.proxy.pool_mode == PoolMode::Transaction && self.pool.reset_query.trim().is_empty()
+        {
+            problem(
+                "pool.reset_query",
+                "must not be empty in transaction mode: a client pinned to its server (SET ROLE, LISTEN, temporary tables…) leaves session state that only the reset clears (the default is \"DISCARD ALL\")".into(),
+            );
         }
         match (&self.registry.file, &self.registry.url) {
             (None, None) => problem("registry", "set either file or url".into()),

@@ -14,6 +14,7 @@ pub mod proxy;
 pub mod registry;
 pub mod secret;
 pub mod server;
+pub mod sql;
 pub mod tls;
 
 pub use app::App;

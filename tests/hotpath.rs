@@ -5,84 +5,10 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::process::Proxy;
 use common::*;
-
-/// The pgtenant binary serving `env`'s registry on a port of its own.
-struct Proxy {
-    child: Child,
-    port: u16,
-}
-
-impl Proxy {
-    async fn start(env: &Env, extra: &str) -> Proxy {
-        let port = closed_port_address()
-            .rsplit_once(':')
-            .unwrap()
-            .1
-            .parse()
-            .unwrap();
-        let config = env.dir.path().join(format!("proxy-{port}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "[proxy]\nlisten = \"127.0.0.1:{port}\"\npool_mode = \"transaction\"\n{extra}\n[registry]\nfile = {:?}\n",
-                env.registry_path.display().to_string()
-            ),
-        )
-        .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_pgtenant"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("PGTENANT_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("starting pgtenant");
-        let proxy = Proxy { child, port };
-        let up = eventually(Duration::from_secs(10), || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .ok()
-                .map(|_| ())
-        })
-        .await;
-        assert!(up.is_some(), "pgtenant did not start listening");
-        proxy
-    }
-
-    fn proc_field(&self, file: &str, field: &str) -> u64 {
-        let text = std::fs::read_to_string(format!("/proc/{}/{file}", self.child.id())).unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {field} in /proc/pid/{file}"))
-    }
-
-    /// write(2)/writev(2) calls made so far (socket sends through the VFS).
-    fn writes(&self) -> u64 {
-        self.proc_field("io", "syscw:")
-    }
-
-    fn rss_kib(&self) -> u64 {
-        self.proc_field("status", "VmRSS:")
-    }
-
-    async fn connect(&self, db: &str) -> tokio_postgres::Client {
-        let addr = format!("127.0.0.1:{}", self.port).parse().unwrap();
-        connect(&config_for(addr, "app", Some(db)))
-            .await
-            .expect("connect through pgtenant")
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_write_each_way_per_round_trip() {

@@ -7,7 +7,8 @@ use std::collections::HashSet;
 
 use bytes::Bytes;
 use pgtenant::backend::PreparedCache;
-use pgtenant::proxy::txn::{Statements, Txn, Verdict};
+use pgtenant::pool::statements::Statements;
+use pgtenant::proxy::carried::queue::{Txn, Verdict};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -181,7 +182,7 @@ fn through_proxy(batches: &[Vec<Msg>], rng: &mut StdRng) -> Vec<u8> {
     let mut servers: Vec<(Server, PreparedCache)> = (0..2)
         .map(|_| (Server::default(), PreparedCache::new(2)))
         .collect();
-    let mut txn = Txn::default();
+    let mut txn = Txn::following_settings(10_000);
     let mut seen = Vec::new();
     for batch in batches {
         let (server, cache) = &mut servers[rng.gen_range(0..2)];
@@ -189,7 +190,8 @@ fn through_proxy(batches: &[Vec<Msg>], rng: &mut StdRng) -> Vec<u8> {
         for msg in batch {
             if Txn::needs_rewrite(msg.tag, &msg.body) {
                 let mut out = Vec::new();
-                txn.rewrite(msg.tag, &msg.body, cache, &statements, &mut out);
+                txn.rewrite(msg.tag, &msg.body, cache, &statements, &mut out)
+                    .unwrap();
                 to_server.extend(out.iter().map(unframe));
             } else {
                 txn.sent(msg.tag);

@@ -12,6 +12,7 @@ use super::connect::BackendError;
 use super::prepared::PreparedCache;
 use crate::protocol::messages::{self, parse_error_fields, parse_parameter_status};
 use crate::protocol::startup::CancelKey;
+use crate::sql::{classify, Effect};
 
 /// Reported parameters a client may change with SET; these follow each client from
 /// server to server. Read-only ones (server_version, is_superuser, …) do not.
@@ -23,6 +24,13 @@ pub const CLIENT_PARAMETERS: &[&str] = &[
     "TimeZone",
     "standard_conforming_strings",
 ];
+
+/// A followed setting whose value is the client's own SET statement, replayed as
+/// written on the next server, rather than a value for `set_config`. A setting's
+/// value cannot hold NUL, so a leading NUL marks these.
+pub fn replayed(statement: &str) -> String {
+    format!("\0{statement}")
+}
 
 /// How long `close` waits for the server to end the session.
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -83,6 +91,9 @@ pub struct ServerConn {
     pub status: u8,
     /// Statements the proxy prepared here for transaction-mode clients.
     pub prepared: PreparedCache,
+    /// The server's statements turned out to differ from `prepared`: it is closed
+    /// instead of going back to the pool.
+    pub out_of_step: bool,
     pub created: Instant,
     /// When startup finished and the connection could serve its tenant: its host turn
     /// counts from here (opening one can take long on a busy server).
@@ -108,6 +119,7 @@ impl ServerConn {
             applied: BTreeMap::new(),
             status: b'I',
             prepared: PreparedCache::new(DEFAULT_PREPARED_CAPACITY),
+            out_of_step: false,
             created: now,
             ready_at: now,
             last_used: now,
@@ -227,9 +239,17 @@ impl ServerConn {
         if !reset_query.is_empty() {
             self.simple_query(reset_query).await?;
             self.applied.clear();
-            let upper = reset_query.to_ascii_uppercase();
-            if upper.contains("DISCARD ALL") || upper.contains("DEALLOCATE") {
-                self.prepared.clear();
+            for effect in classify(reset_query.as_bytes(), true)
+                .effects
+                .unwrap_or_default()
+            {
+                match effect {
+                    Effect::None => {}
+                    Effect::Deallocate(name) => {
+                        self.prepared.remove(&String::from_utf8_lossy(&name))
+                    }
+                    Effect::DeallocateAll | Effect::DiscardAll => self.prepared.clear(),
+                }
             }
         }
         Ok(())
@@ -262,21 +282,23 @@ impl ServerConn {
         if self.params_match(wanted) {
             return Ok(false);
         }
-        let calls: Vec<String> = self
-            .differing(wanted)
-            .map(|(name, value)| {
-                format!(
+        let (mut calls, mut replays) = (Vec::new(), Vec::new());
+        for (name, value) in self.differing(wanted) {
+            match value.strip_prefix('\0') {
+                Some(statement) => replays.push(statement.to_string()),
+                None => calls.push(format!(
                     "pg_catalog.set_config({}, {}, false)",
                     literal(name),
                     literal(value)
-                )
-            })
-            .collect();
+                )),
+            }
+        }
         let stale: Vec<String> = self.stale(wanted).cloned().collect();
         let mut statements = Vec::new();
         if !calls.is_empty() {
             statements.push(format!("SELECT {}", calls.join(", ")));
         }
+        statements.extend(replays);
         statements.extend(
             stale
                 .iter()

@@ -8,6 +8,6 @@ mod connect;
 mod prepared;
 
 pub use authquery::fetch_verifier;
-pub use conn::{Greeting, ServerConn, CLIENT_PARAMETERS};
+pub use conn::{replayed, Greeting, ServerConn, CLIENT_PARAMETERS};
 pub use connect::{connect, search_path_option, send_cancel, BackendError, BackendTarget, KeySlot};
 pub use prepared::PreparedCache;

@@ -8,6 +8,7 @@
 mod budget;
 mod conn;
 mod maintain;
+pub mod statements;
 mod tenant;
 
 use std::sync::Arc;
@@ -52,6 +53,11 @@ impl PoolHandle {
     /// What a server connection of this pool says at startup, once one has opened.
     pub fn greeting(&self) -> Option<Arc<Greeting>> {
         self.0.greeting()
+    }
+
+    /// The pool's named statements as its servers know them.
+    pub fn statements(&self) -> &statements::Statements {
+        &self.0.statements
     }
 }
 

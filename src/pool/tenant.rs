@@ -46,6 +46,8 @@ pub(super) struct TenantPool {
     /// What the newest server connection said when it opened; shared by the pools
     /// that connect to the same host, database and role (`Pools::pool`).
     greeting: Arc<GreetingSlot>,
+    /// Named statements of this pool's transaction-mode clients.
+    pub(super) statements: super::statements::Statements,
 }
 
 impl TenantPool {
@@ -73,6 +75,7 @@ impl TenantPool {
             warming: std::sync::atomic::AtomicUsize::new(0),
             retired: AtomicBool::new(false),
             greeting,
+            statements: Default::default(),
         })
     }
 

@@ -11,15 +11,16 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
+use super::carried::queue::Txn;
+use super::carried::settings::{client_settings, keep_only_changes, set_setting};
+use super::carried::Carried;
 use super::end::End;
 use super::handshake::{read_startup, Handshake, HandshakeError};
 use super::login;
-use super::params::{client_settings, set_setting};
-use super::park::{Carried, Parked};
+use super::park::Parked;
 use super::refusal::Refusal;
 use super::relay::Session;
 use super::resolve::{resolve_client, sni_tenant};
-use super::txn::Txn;
 use crate::app::{App, ClientId};
 use crate::backend::{BackendError, Greeting, CLIENT_PARAMETERS};
 use crate::config::PoolMode;
@@ -51,10 +52,23 @@ pub fn spawn_resumed(app: Arc<App>, parked: Parked) {
 /// `proxy.max_client_conn`, a parked one still does.
 fn run_counted(app: Arc<App>, client: impl Future<Output = Served> + Send + 'static) {
     tokio::spawn(async move {
-        if client.await == Served::Done {
-            app.clients.fetch_sub(1, Ordering::AcqRel);
+        // A guard, so that whatever ends the task (a panic included) counts it out.
+        let mut counted = Counted(Some(app));
+        if client.await == Served::Parked {
+            counted.0 = None;
         }
     });
+}
+
+/// A client counted against `proxy.max_client_conn` until dropped.
+struct Counted(Option<Arc<App>>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some(app) = self.0.take() {
+            app.clients.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 /// Serves one client until it leaves or parks. Never panics on input; every refusal
@@ -202,7 +216,7 @@ async fn start(
     tracing::debug!(?mode, "session started");
     // Boxed: the session lives on the heap once, not copied into each future above it.
     let txn = match mode {
-        PoolMode::Transaction => Txn::following_settings(),
+        PoolMode::Transaction => Txn::following_settings(app.settings.pool.max_client_statements),
         PoolMode::Session => Txn::default(),
     };
     let carried = Carried {
@@ -255,14 +269,6 @@ async fn greet_from_server(
         messages::parameter_status(out, name, value);
     }
     Ok(())
-}
-
-/// Drops the client settings that equal what a fresh server session has: a server
-/// connection is brought back to those anyway, and an idle client should hold as
-/// little as possible.
-fn keep_only_changes(settings: &mut Vec<(String, String)>, initial: &[(String, String)]) {
-    settings.retain(|(name, value)| !initial.iter().any(|(n, v)| n == name && v == value));
-    settings.shrink_to_fit();
 }
 
 /// Relays until the session ends or parks; what ended it, if the client was told, is

@@ -22,6 +22,8 @@ pub enum End {
     Resolve(ResolveError),
     /// The proxy is stopping and the client was between transactions.
     Shutdown,
+    /// The client named more statements than `pool.max_client_statements`.
+    TooManyStatements(usize),
     /// Not an end: the client was quiet long enough to wait without a task
     /// (`park.rs`); the parking lot serves it again when it sends something.
     Parked,
@@ -44,6 +46,10 @@ impl End {
             End::Pool(e) => Some(e.as_ref().into()),
             End::Backend(e) => Some(e.into()),
             End::Resolve(e) => Some(e.into()),
+            End::TooManyStatements(max) => Some(Refusal::new(
+                sqlstate::CONFIGURATION_LIMIT_EXCEEDED,
+                format!("too many prepared statements: a client may hold {max} (pool.max_client_statements); close the ones no longer used"),
+            )),
             End::Shutdown => Some(Refusal::new(
                 sqlstate::ADMIN_SHUTDOWN,
                 "terminating connection: pgtenant is shutting down",

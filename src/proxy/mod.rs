@@ -2,22 +2,19 @@
 //! resolution, relay).
 
 pub mod cancel;
+pub mod carried;
 mod client;
 mod end;
-mod features;
-mod follow;
 mod handshake;
 mod listener;
 mod login;
 mod outbox;
-mod params;
 pub mod park;
 pub mod passthrough;
 pub mod pending;
 mod refusal;
 mod relay;
 mod resolve;
-pub mod txn;
 mod wait;
 
 pub use listener::accept_loop;

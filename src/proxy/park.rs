@@ -21,31 +21,14 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 use tokio::time::Sleep;
 
-use super::cancel::CancelHandle;
-use super::resolve::Resolved;
-use super::txn::Txn;
-use crate::app::{App, ClientId};
-use crate::pool::PoolHandle;
-use crate::registry::Snapshot;
+use super::carried::Carried;
+use crate::app::App;
 
 /// Clients parked since freed memory was last given back to the system that make it
 /// worth doing again: each freed ~1.5 KiB.
 const GIVE_BACK_AFTER: usize = 256;
 /// How long parking must pause before that: a burst of clients parks over a moment.
 const SETTLE: Duration = Duration::from_millis(200);
-
-/// What a transaction-mode client carries from one server to the next.
-pub struct Carried {
-    pub id: ClientId,
-    pub resolved: Resolved,
-    /// The pool the client draws from and the registry snapshot it was chosen under.
-    pub pool: Option<(Arc<Snapshot>, PoolHandle)>,
-    /// Settings that follow the client from server to server.
-    pub settings: Vec<(String, String)>,
-    /// Statement names (transaction mode) and settings changed in flight.
-    pub txn: Txn,
-    pub cancel: CancelHandle,
-}
 
 /// A client waiting without a task.
 pub struct Parked {

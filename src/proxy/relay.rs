@@ -17,21 +17,21 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 use super::cancel::CancelHandle;
+use super::carried::queue::{Txn, Verdict};
+use super::carried::settings::{follow_setting, set_setting};
+use super::carried::{disposition, Carried, Disposition};
 use super::end::End;
-use super::features::{drops_statements, session_feature, SessionFeature, SettingChange};
 use super::outbox::Outbox;
-use super::params::set_setting;
-use super::park::Carried;
 use super::resolve::{ResolveError, Resolved};
-use super::txn::{Txn, Verdict};
 use super::wait::{read_some, Event, Wanted};
 use crate::app::{App, ClientId};
-use crate::backend::{ServerConn, CLIENT_PARAMETERS};
+use crate::backend::CLIENT_PARAMETERS;
 use crate::config::PoolMode;
 use crate::pool::{PoolHandle, PooledConn};
 use crate::protocol::frame::{frame_len, read_cstr, HEADER_LEN};
 use crate::protocol::messages::parse_parameter_status;
 use crate::registry::Snapshot;
+use crate::sql::{self, classify};
 
 pub struct Session<'a> {
     pub app: &'a App,
@@ -50,7 +50,7 @@ pub struct Session<'a> {
     /// Requests in flight, in order, and (transaction mode) statement names.
     pub(super) txn: Txn,
     /// Set once the client used a feature that needs its own server.
-    pub(super) pinned: Option<SessionFeature>,
+    pub(super) pinned: Option<sql::Pin>,
     /// The client's cancel key, pointed at the attached server.
     pub(super) cancel: CancelHandle,
     shutdown: tokio::sync::watch::Receiver<bool>,
@@ -58,6 +58,10 @@ pub struct Session<'a> {
     pub(super) closing: bool,
     /// Which side's readiness is looked at first on the next wait (they alternate).
     server_first: bool,
+    /// Bytes still to come of a frame too large to hold, passing through in pieces:
+    /// client to server, and server to client.
+    client_stream: usize,
+    server_stream: usize,
     /// Runs while a transaction-mode client is quiet between transactions; when it
     /// fires the client is parked. Kept and pushed back rather than made anew.
     pub(super) park_timer: Option<Pin<Box<Sleep>>>,
@@ -98,6 +102,8 @@ impl<'a> Session<'a> {
             shutdown: app.shutdown.subscribe(),
             closing: *app.shutdown.borrow(),
             server_first: false,
+            client_stream: 0,
+            server_stream: 0,
             park_timer: None,
         }
     }
@@ -137,8 +143,14 @@ impl<'a> Session<'a> {
                     self.forward_server_frames()?;
                     self.flush()?;
                 }
-                let client_can_move =
-                    self.to_server.len() < bound && has_frame(&self.client_in, self.max_message());
+                // Answers the proxy makes itself count too: a client that does not read
+                // them is not read from either.
+                let client_can_move = self.to_server.len() < bound
+                    && self.to_client.len() < bound
+                    && match self.client_stream {
+                        0 => has_frame(&self.client_in, self.max_message()),
+                        _ => !self.client_in.is_empty(),
+                    };
                 let server_can_move = self.to_client.len() < bound && self.server_has_frame();
                 if !client_can_move && !server_can_move {
                     break;
@@ -158,7 +170,7 @@ impl<'a> Session<'a> {
                 may_park = self.arm_park_timer();
             }
             let wanted = Wanted {
-                read_client: self.to_server.len() < bound,
+                read_client: self.to_server.len() < bound && self.to_client.len() < bound,
                 read_server: self.to_client.len() < bound,
                 write_client: !self.to_client.is_empty(),
                 write_server: !self.to_server.is_empty(),
@@ -194,7 +206,7 @@ impl<'a> Session<'a> {
             match event {
                 Ok(Event::ClientReadable) => {
                     let max = self.max_message();
-                    if !read_some(&self.client, &mut self.client_in, max)
+                    if !read_some(&self.client, &mut self.client_in, max, self.client_stream)
                         .map_err(|_| End::ClientGone)?
                     {
                         return Err(End::ClientGone);
@@ -207,7 +219,10 @@ impl<'a> Session<'a> {
                         .as_mut()
                         .expect("read only when attached")
                         .conn();
-                    if !read_some(&conn.stream, &mut conn.buf, max).map_err(|_| End::ServerGone)? {
+                    let streaming = self.server_stream;
+                    if !read_some(&conn.stream, &mut conn.buf, max, streaming)
+                        .map_err(|_| End::ServerGone)?
+                    {
                         return Err(End::ServerGone);
                     }
                     self.forward_server_frames()?;
@@ -236,7 +251,10 @@ impl<'a> Session<'a> {
         let max = self.max_message();
         self.server
             .as_ref()
-            .is_some_and(|s| has_frame(&s.get().buf, max))
+            .is_some_and(|s| match self.server_stream {
+                0 => has_frame(&s.get().buf, max),
+                _ => !s.get().buf.is_empty(),
+            })
     }
 
     fn max_message(&self) -> usize {
@@ -262,27 +280,59 @@ impl<'a> Session<'a> {
         let transaction_mode = self.mode == PoolMode::Transaction;
         let mut ready = 0;
         loop {
+            if self.client_stream > 0 {
+                // The rest of a frame too large to hold: it passes as it arrives.
+                let n = self.client_stream.min(self.client_in.len());
+                if n == 0 {
+                    break;
+                }
+                self.to_server.push(self.client_in.split_to(n).freeze());
+                self.client_stream -= n;
+                if self.client_stream > 0 || self.to_server.len() >= bound {
+                    break;
+                }
+                continue;
+            }
             let rest = &self.client_in[ready..];
             let len = match frame_len(rest, max).map_err(End::ClientProtocol)? {
                 Some(len) if rest.len() >= len => len,
+                Some(len) if len > bound && ready == 0 => {
+                    Box::pin(self.start_client_stream(len)).await?;
+                    break;
+                }
                 _ => break,
             };
             let tag = rest[0];
             if tag == b'X' {
                 return Err(End::ClientLeft);
             }
+            // What a query or statement does to the session, read once per message.
+            let read = match (transaction_mode, tag) {
+                (true, b'Q' | b'P') => {
+                    Some(classify(parsed_sql(tag, &rest[HEADER_LEN..len]), true))
+                }
+                _ => None,
+            };
             if self.server.is_none() {
-                // Between transactions a named Parse and a bare Sync are answered
-                // without a server, so preparing never waits for a pool slot.
+                // Between transactions a named Parse, a bare Sync and a DEALLOCATE of
+                // the client's own statement are answered without a server, so
+                // preparing never waits for a pool slot.
+                let pool = self.current_pool()?;
                 let body = &self.client_in[HEADER_LEN..len];
                 if self.pinned.is_none()
-                    && session_feature(parsed_sql(tag, body)).is_none()
-                    && self.txn.answer_detached(tag, body, &self.app.statements)
+                    && read.as_ref().is_none_or(|r| r.pin.is_none())
+                    && self
+                        .txn
+                        .answer_detached(tag, body, read.as_ref(), pool.statements())
+                        .map_err(|e| End::TooManyStatements(e.0))?
                 {
                     self.client_in.advance(len);
+                    self.push_answers();
+                    if self.to_client.len() >= bound {
+                        break;
+                    }
                     continue;
                 }
-                let pool = self.current_pool()?;
                 match self.app.pools.try_checkout(&pool) {
                     // The usual case, done without awaiting anything.
                     Some(server) if server.get().params_match(&self.settings) => {
@@ -294,28 +344,28 @@ impl<'a> Session<'a> {
             if transaction_mode {
                 let body = &self.client_in[ready + HEADER_LEN..ready + len];
                 let conn = self.server.as_mut().expect("attached above").conn();
-                if matches!(tag, b'Q' | b'P') {
-                    let sql = parsed_sql(tag, body);
+                if let Some(pin) = read.as_ref().and_then(|r| r.pin) {
                     if self.pinned.is_none() {
-                        if let Some(feature) = session_feature(sql) {
-                            tracing::info!(tenant = %self.resolved.tenant.name, user = %self.resolved.user, feature = feature.name(), "client pinned to its server connection: the feature needs a session");
-                            self.pinned = Some(feature);
-                        }
-                    }
-                    if tag == b'Q' && drops_statements(sql) {
-                        // The server dropped its statements (DISCARD ALL, DEALLOCATE).
-                        conn.prepared.clear();
+                        tracing::info!(client = %self.id, tenant = %self.resolved.tenant.name, user = %self.resolved.user, reason = pin.reason(), "client pinned to its server connection");
+                        self.pinned = Some(pin);
                     }
                 }
-                if Txn::needs_rewrite(tag, body) {
-                    let mut out = Vec::new();
-                    self.txn.rewrite(
-                        tag,
-                        body,
-                        &mut conn.prepared,
-                        &self.app.statements,
-                        &mut out,
-                    );
+                let mut out = Vec::new();
+                let handled = match (tag, read.as_ref()) {
+                    (b'Q', Some(read)) => {
+                        self.txn
+                            .deallocate(read, Some((&mut conn.prepared, conn.status)), &mut out)
+                    }
+                    _ if Txn::needs_rewrite(tag, body) => {
+                        let (_, pool) = self.pool.as_ref().expect("checked out from it");
+                        self.txn
+                            .rewrite(tag, body, &mut conn.prepared, pool.statements(), &mut out)
+                            .map_err(|e| End::TooManyStatements(e.0))?;
+                        true
+                    }
+                    _ => false,
+                };
+                if handled {
                     if ready > 0 {
                         self.to_server.push(self.client_in.split_to(ready).freeze());
                         ready = 0;
@@ -327,8 +377,11 @@ impl<'a> Session<'a> {
                     continue;
                 }
             }
-            self.txn
-                .forwarded(tag, &self.client_in[ready + HEADER_LEN..ready + len]);
+            self.txn.forwarded(
+                tag,
+                &self.client_in[ready + HEADER_LEN..ready + len],
+                read.as_ref(),
+            );
             ready += len;
             if self.to_server.len() + ready >= bound {
                 break;
@@ -338,6 +391,47 @@ impl<'a> Session<'a> {
             self.to_server.push(self.client_in.split_to(ready).freeze());
         }
         self.push_answers();
+        Ok(())
+    }
+
+    /// Starts passing a client frame of `len` bytes, larger than `relay_buffer`, to the
+    /// server as it arrives instead of holding it whole, when the proxy need not
+    /// rewrite it: COPY data, function calls, and queries, unnamed Parses and Binds
+    /// of unnamed statements. In transaction mode a query or Parse the proxy cannot
+    /// read pins its client. Anything else waits until it is whole (bounded by
+    /// `max_message_size`).
+    async fn start_client_stream(&mut self, len: usize) -> Result<(), End> {
+        let transaction_mode = self.mode == PoolMode::Transaction;
+        let tag = self.client_in[0];
+        let body = &self.client_in[HEADER_LEN..];
+        let streams = match tag {
+            b'd' | b'F' => true,
+            _ if !transaction_mode => matches!(tag, b'Q' | b'P' | b'B'),
+            b'Q' => true,
+            b'P' => body.first() == Some(&0),
+            b'B' => read_cstr(body)
+                .and_then(|(_, rest)| read_cstr(rest))
+                .is_some_and(|(statement, _)| statement.is_empty()),
+            _ => false,
+        };
+        if !streams {
+            return Ok(());
+        }
+        if self.server.is_none() {
+            let pool = self.current_pool()?;
+            let ready = self.app.pools.try_checkout(&pool);
+            self.checkout_and_attach(pool, ready).await?;
+        }
+        if transaction_mode && matches!(tag, b'Q' | b'P') && self.pinned.is_none() {
+            tracing::info!(client = %self.id, tenant = %self.resolved.tenant.name, user = %self.resolved.user, reason = sql::Pin::TooLarge.reason(), "client pinned to its server connection");
+            self.pinned = Some(sql::Pin::TooLarge);
+        }
+        let available = self.client_in.len();
+        self.txn
+            .forwarded(tag, &self.client_in[HEADER_LEN..available], None);
+        self.to_server
+            .push(self.client_in.split_to(available).freeze());
+        self.client_stream = len - available;
         Ok(())
     }
 
@@ -364,9 +458,38 @@ impl<'a> Session<'a> {
         let mut ready = 0;
         let mut idle = false;
         loop {
+            if self.server_stream > 0 {
+                let n = self.server_stream.min(conn.buf.len());
+                if n == 0 {
+                    break;
+                }
+                self.to_client.push(conn.buf.split_to(n).freeze());
+                self.server_stream -= n;
+                if self.server_stream > 0 || self.to_client.len() >= bound {
+                    break;
+                }
+                continue;
+            }
             let rest = &conn.buf[ready..];
             let len = match frame_len(rest, max).map_err(End::ServerProtocol)? {
                 Some(len) if rest.len() >= len => len,
+                // A row or COPY data too large to hold passes as it arrives, header
+                // first: the proxy never needs to look inside them.
+                Some(len) if len > bound && matches!(rest[0], b'D' | b'd') => {
+                    if ready > 0 {
+                        self.to_client.push(conn.buf.split_to(ready).freeze());
+                        ready = 0;
+                    }
+                    let mut answers = Vec::new();
+                    self.txn.take_answers(&mut answers);
+                    for bytes in answers {
+                        self.to_client.push(bytes);
+                    }
+                    let available = conn.buf.len();
+                    self.to_client.push(conn.buf.split_to(available).freeze());
+                    self.server_stream = len - available;
+                    break;
+                }
                 _ => break,
             };
             let tag = rest[0];
@@ -376,6 +499,15 @@ impl<'a> Session<'a> {
                     if let Some((name, value)) = parse_parameter_status(&rest[HEADER_LEN..len]) {
                         if CLIENT_PARAMETERS.contains(&name) {
                             set_setting(&mut self.settings, name, value);
+                        }
+                        // Whoever changed the session's role (a function can), the
+                        // server now carries it: it stays with this client.
+                        if matches!(name, "session_authorization" | "is_superuser")
+                            && conn.params().get(name).is_some_and(|v| v != value)
+                            && self.pinned.is_none()
+                        {
+                            tracing::info!(client = %self.id, tenant = %self.resolved.tenant.name, parameter = name, "client pinned to its server connection: its role changed");
+                            self.pinned = Some(sql::Pin::Role);
                         }
                         let (name, value) = (name.to_string(), value.to_string());
                         conn.note_parameter(&name, &value);
@@ -390,6 +522,10 @@ impl<'a> Session<'a> {
                 &conn.buf[ready + HEADER_LEN..ready + len],
                 &mut conn.prepared,
             );
+            if tag == b'E' && self.txn.take_out_of_step() {
+                tracing::warn!(client = %self.id, tenant = %self.resolved.tenant.name, "server's prepared statements differ from the proxy's record; it will be closed after this transaction");
+                conn.out_of_step = true;
+            }
             if tag == b'Z' {
                 // Changes whose transaction committed hold for the rest of the
                 // session: they follow the client.
@@ -411,7 +547,12 @@ impl<'a> Session<'a> {
                 continue;
             }
             ready += len;
-            if tag == b'Z' && release_when_idle && self.txn.is_idle() && conn.status == b'I' {
+            if tag == b'Z'
+                && release_when_idle
+                && self.pinned.is_none()
+                && self.txn.is_idle()
+                && conn.status == b'I'
+            {
                 idle = true;
                 break;
             }
@@ -461,11 +602,20 @@ impl<'a> Session<'a> {
         self.server = Some(server);
     }
 
-    /// Transaction mode: gives the idle server back to the pool.
+    /// Transaction mode: lets go of the idle server at the end of a transaction.
     pub fn detach(&mut self) {
         self.cancel.set_server(None);
-        if let Some(server) = self.server.take() {
-            server.give_back_idle();
+        if let Some(mut server) = self.server.take() {
+            let out_of_step = server.conn().out_of_step;
+            match disposition(self.mode, self.pinned, true, out_of_step, "") {
+                Disposition::Reuse => server.give_back_idle(),
+                // A reset needs a round trip: a server that would need one is not
+                // detached between transactions, so this is closed rather than reused.
+                Disposition::Reset(_) => drop(server),
+                Disposition::Close(why) => {
+                    tracing::info!(client = %self.id, tenant = %self.resolved.tenant.name, "closing a server connection: {why}");
+                }
+            }
         }
     }
 
@@ -513,18 +663,19 @@ impl<'a> Session<'a> {
         let Some(mut server) = self.server.take() else {
             return;
         };
-        let quiet = self.txn.is_idle() && self.to_server.is_empty() && server.conn().buf.is_empty();
-        if !quiet {
-            tracing::debug!(
-                "client left in the middle of a request; closing its server connection"
-            );
-            return;
+        let quiet = self.txn.is_idle()
+            && self.to_server.is_empty()
+            && server.conn().buf.is_empty()
+            && self.client_stream == 0
+            && self.server_stream == 0;
+        let out_of_step = server.conn().out_of_step;
+        let reset_query = self.app.settings.pool.reset_query.as_str();
+        match disposition(self.mode, self.pinned, quiet, out_of_step, reset_query) {
+            Disposition::Reuse => server.release("").await,
+            Disposition::Reset(query) => server.release(query).await,
+            // Dropping a lent connection cancels and closes it.
+            Disposition::Close(why) => tracing::debug!("closing its server connection: {why}"),
         }
-        let reset = match (self.mode, self.pinned) {
-            (PoolMode::Transaction, None) => "",
-            _ => self.app.settings.pool.reset_query.as_str(),
-        };
-        server.release(reset).await;
     }
 }
 
@@ -547,36 +698,5 @@ fn parsed_sql(tag: u8, body: &[u8]) -> &[u8] {
             .map(|(sql, _)| sql)
             .unwrap_or_default(),
         _ => &[],
-    }
-}
-
-/// Applies a client's SET/RESET to the settings that follow it, and notes it on the
-/// server it ran on. Reported settings are followed through ParameterStatus instead.
-fn follow_setting(
-    settings: &mut Vec<(String, String)>,
-    conn: &mut ServerConn,
-    change: SettingChange,
-) {
-    let reported = |name: &str| {
-        CLIENT_PARAMETERS
-            .iter()
-            .any(|p| p.eq_ignore_ascii_case(name))
-    };
-    match change {
-        SettingChange::Set(name, value) if !reported(&name) => {
-            let name = name.to_ascii_lowercase();
-            conn.note_setting(&name, Some(&value));
-            set_setting(settings, &name, &value);
-        }
-        SettingChange::Reset(name) if !reported(&name) => {
-            let name = name.to_ascii_lowercase();
-            conn.note_setting(&name, None);
-            settings.retain(|(n, _)| n != &name);
-        }
-        SettingChange::ResetAll => {
-            conn.forget_settings();
-            settings.retain(|(n, _)| reported(n));
-        }
-        _ => {}
     }
 }

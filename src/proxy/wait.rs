@@ -23,13 +23,24 @@ pub(super) enum Event {
 
 /// One non-blocking read into `buf`; `false` at end of stream. Keeps room for the
 /// rest of a large frame, bounded so a claimed length does not allocate by itself.
+/// `streaming`: bytes still to come of a frame passing through in pieces (its header
+/// is gone from `buf`).
 ///
 /// A read that did not fill the room drained the socket, so its readiness is cleared
 /// here: otherwise the next wait would return at once and cost a read that finds
 /// nothing (one system call per message). The clearing is tied to the readiness seen
 /// before the read, so data arriving after it is never missed.
-pub(super) fn read_some(stream: &TcpStream, buf: &mut BytesMut, max: usize) -> io::Result<bool> {
-    let want = crate::protocol::frame::missing_bytes(buf, max).clamp(READ_CHUNK, 1 << 20);
+pub(super) fn read_some(
+    stream: &TcpStream,
+    buf: &mut BytesMut,
+    max: usize,
+    streaming: usize,
+) -> io::Result<bool> {
+    let missing = match streaming {
+        0 => crate::protocol::frame::missing_bytes(buf, max),
+        n => n.saturating_sub(buf.len()),
+    };
+    let want = missing.clamp(READ_CHUNK, 1 << 20);
     buf.reserve(want);
     let room = buf.capacity() - buf.len();
     let mut read = None;

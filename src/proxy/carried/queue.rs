@@ -1,75 +1,51 @@
-//! Transaction-mode bookkeeping. A client's named prepared statements live on whichever
-//! server it had when it prepared them; the next transaction may run elsewhere. So
-//! statements get server-side names keyed by their text and parameter types, a server
-//! that lacks one gets the Parse re-issued, and the proxy answers Close itself.
+//! Transaction-mode bookkeeping: the queue of one client's requests in flight. A
+//! client's named prepared statements live on whichever server it had when it
+//! prepared them; the next transaction may run elsewhere. So statements get
+//! server-side names from the pool's table (`pool::statements`), a server that lacks
+//! one gets the Parse re-issued, and the proxy answers Close itself.
 //!
 //! To answer some requests itself and swallow the answers to requests it added, the
 //! proxy keeps the queue of requests in flight, in order, and matches each server
-//! message against its head.
+//! message against its head. What a server holds is changed on the server's answers
+//! (a DEALLOCATE's CommandComplete), never on the client's requests.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use dashmap::DashMap;
 
-use super::features::{setting_change, SettingChange};
 use super::follow::Follow;
 use crate::backend::PreparedCache;
+use crate::pool::statements::{Note, Statement, Statements};
 use crate::protocol::frame::read_cstr;
 use crate::protocol::messages;
+use crate::sql::{Classified, Effect, SettingChange};
 
-/// A statement as the servers know it: a proxy-chosen name and the Parse that makes it.
-#[derive(Debug)]
-pub struct Statement {
-    pub name: Arc<str>,
-    pub parse: Bytes,
-    /// The session setting it changes, if it is a SET/RESET.
+/// The client asked for more named statements than `pool.max_client_statements`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyStatements(pub usize);
+
+/// What a simple query does once it runs: a SET to follow if it succeeds, and per
+/// statement what it does to prepared statements, applied at its CommandComplete.
+#[derive(Debug, Default)]
+struct QueryNote {
     setting: Option<SettingChange>,
+    effects: Vec<Effect>,
+    completed: usize,
+    /// The client's own statement name a translated DEALLOCATE drops.
+    forget: Option<Box<[u8]>>,
 }
 
-/// Every distinct statement (text and parameter types) seen by this proxy, named once.
-/// Names are sequence numbers, so two different statements never share one.
-#[derive(Default)]
-pub struct Statements {
-    by_text: DashMap<Bytes, Arc<Statement>>,
-    next: AtomicU64,
-}
-
-impl Statements {
-    /// The statement for a Parse body without its name (`query\0 nparams types…`).
-    pub fn intern(&self, text_and_types: &[u8]) -> Arc<Statement> {
-        if let Some(statement) = self.by_text.get(text_and_types) {
-            return statement.clone();
+impl QueryNote {
+    fn of(read: &Classified) -> Option<Box<QueryNote>> {
+        if read.setting.is_none() && read.effects.is_none() {
+            return None;
         }
-        self.by_text
-            .entry(Bytes::copy_from_slice(text_and_types))
-            .or_insert_with(|| {
-                let name: Arc<str> =
-                    format!("pgtenant_{}", self.next.fetch_add(1, Ordering::Relaxed)).into();
-                let parse = frame(b'P', |b| {
-                    b.put_slice(name.as_bytes());
-                    b.put_u8(0);
-                    b.put_slice(text_and_types);
-                });
-                let sql = read_cstr(text_and_types).map_or(&[][..], |(sql, _)| sql);
-                let setting = setting_change(sql);
-                Arc::new(Statement {
-                    name,
-                    parse,
-                    setting,
-                })
-            })
-            .clone()
-    }
-
-    pub fn len(&self) -> usize {
-        self.by_text.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_text.is_empty()
+        Some(Box::new(QueryNote {
+            setting: read.setting.clone(),
+            effects: read.effects.clone().unwrap_or_default(),
+            ..QueryNote::default()
+        }))
     }
 }
 
@@ -84,8 +60,8 @@ enum Expect {
     },
     Bind,
     Describe,
-    /// Carries the SET/RESET the portal makes, noted when it completes.
-    Execute(Option<Box<SettingChange>>),
+    /// Carries what the portal's statement does, noted when it completes.
+    Execute(Option<Box<Note>>),
     /// `evicted`: the proxy closed a statement to make room; nobody is answered.
     Close {
         evicted: Option<Arc<str>>,
@@ -94,7 +70,7 @@ enum Expect {
     /// A simple query; a session-level SET/RESET in it follows the client if the
     /// query succeeds (`failed` notes an ErrorResponse).
     Query {
-        setting: Option<Box<SettingChange>>,
+        note: Option<Box<QueryNote>>,
         failed: bool,
     },
     Function,
@@ -143,14 +119,24 @@ pub struct Txn {
     copy: CopyIn,
     /// Client statement name → server statement.
     statements: HashMap<Box<[u8]>, Arc<Statement>>,
+    /// Most named statements the client may hold (`pool.max_client_statements`).
+    max_statements: usize,
+    /// The server's answers disagreed with the proxy's record of its statements.
+    out_of_step: bool,
 }
 
 fn frame(tag: u8, body: impl FnOnce(&mut BytesMut)) -> Bytes {
     messages::build(|buf| messages::message(buf, tag, body))
 }
 
+/// A bodiless answer (ParseComplete, CloseComplete): static, so answering costs
+/// no allocation.
 fn answer(tag: u8) -> Bytes {
-    frame(tag, |_| {})
+    match tag {
+        b'1' => Bytes::from_static(b"1\0\0\0\x04"),
+        b'3' => Bytes::from_static(b"3\0\0\0\x04"),
+        _ => frame(tag, |_| {}),
+    }
 }
 
 impl Txn {
@@ -166,33 +152,34 @@ impl Txn {
         }
     }
 
-    /// State for a transaction-mode client, whose session settings must follow it.
-    pub fn following_settings() -> Txn {
+    /// State for a transaction-mode client, whose session settings must follow it and
+    /// who may hold up to `max_statements` named statements.
+    pub fn following_settings(max_statements: usize) -> Txn {
         Txn {
             follows_settings: true,
+            max_statements,
             ..Txn::default()
         }
     }
 
-    /// Notes a client message forwarded unchanged; in transaction mode also the
-    /// SET/RESET it makes or prepares. `body`: the message without its header.
-    pub fn forwarded(&mut self, tag: u8, body: &[u8]) {
+    /// Notes a client message forwarded unchanged; in transaction mode also what the
+    /// query or statement does (`read`, for Query and Parse). `body`: the message
+    /// without its header.
+    pub fn forwarded(&mut self, tag: u8, body: &[u8], read: Option<&Classified>) {
         if !self.follows_settings || !matches!(tag, b'Q' | b'P' | b'B' | b'E') {
             return self.sent(tag);
         }
         let first = read_cstr(body);
         match tag {
             b'Q' => {
-                let setting = first.and_then(|(sql, _)| setting_change(sql));
                 self.queue.push_back(Expect::Query {
-                    setting: setting.map(Box::new),
+                    note: read.and_then(QueryNote::of),
                     failed: false,
                 });
             }
             b'P' => {
-                let sql = first.and_then(|(_, rest)| read_cstr(rest));
-                self.follow
-                    .parsed_unnamed(sql.and_then(|(sql, _)| setting_change(sql)));
+                let note = read.and_then(Note::of);
+                self.follow.parsed_unnamed(note);
                 self.sent(tag);
             }
             b'B' => {
@@ -234,7 +221,7 @@ impl Txn {
             b'E' => Expect::Execute(None),
             b'S' => Expect::Sync,
             b'Q' => Expect::Query {
-                setting: None,
+                note: None,
                 failed: false,
             },
             b'F' => Expect::Function,
@@ -254,26 +241,100 @@ impl Txn {
 
     /// Answers a message that needs no server while none is attached: a named Parse
     /// is recorded (made on a server at its first Bind or Describe), a Sync with
-    /// nothing in flight gets ReadyForQuery, a Flush has nothing to flush.
-    pub fn answer_detached(&mut self, tag: u8, body: &[u8], statements: &Statements) -> bool {
-        match tag {
+    /// nothing in flight gets ReadyForQuery, a Flush has nothing to flush, and
+    /// `DEALLOCATE name` of the client's own statement forgets the name. `read`: what
+    /// a Query does.
+    pub fn answer_detached(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        read: Option<&Classified>,
+        statements: &Statements,
+    ) -> Result<bool, TooManyStatements> {
+        Ok(match tag {
             b'P' if Txn::needs_rewrite(tag, body) => {
                 let Some((name, rest)) = read_cstr(body) else {
-                    return false;
+                    return Ok(false);
                 };
-                self.statements.insert(name.into(), statements.intern(rest));
+                self.name(name, statements.intern(rest))?;
                 self.queue
                     .push_back(Expect::Answer(answer(b'1'), Undo::Forget(name.into())));
                 true
             }
+            b'Q' => read.is_some_and(|read| self.deallocate(read, None, &mut Vec::new())),
             b'S' if self.queue.iter().all(|e| matches!(e, Expect::Answer(..))) => {
-                let ready = frame(b'Z', |b| b.put_u8(b'I'));
+                let ready = Bytes::from_static(b"Z\0\0\0\x05I");
                 self.queue.push_back(Expect::Answer(ready, Undo::Nothing));
                 true
             }
             b'H' => true,
             _ => false,
+        })
+    }
+
+    /// Gives the client's statement name `name` to `statement`, within the client's
+    /// allowance of named statements.
+    fn name(&mut self, name: &[u8], statement: Arc<Statement>) -> Result<(), TooManyStatements> {
+        if self.statements.len() >= self.max_statements && !self.statements.contains_key(name) {
+            return Err(TooManyStatements(self.max_statements));
         }
+        self.statements.insert(name.into(), statement);
+        Ok(())
+    }
+
+    /// `DEALLOCATE name` as a simple query, where `name` is one of the client's own
+    /// protocol-level statements (PHP PDO and DBD::Pg drop theirs that way). The
+    /// server knows the statement by the proxy's name, so: detached, or in a block
+    /// whose server lacks it, the proxy answers itself; where the server holds it, the
+    /// query is sent with the server's name and both are forgotten when it completes.
+    /// Left to the server (which then says it does not exist) while anything else is
+    /// in flight or the transaction has failed, where the proxy cannot answer as the
+    /// server would. `server`: the attached server and its transaction status.
+    pub fn deallocate(
+        &mut self,
+        read: &Classified,
+        server: Option<(&mut PreparedCache, u8)>,
+        out: &mut Vec<Bytes>,
+    ) -> bool {
+        let Some([Effect::Deallocate(name)]) = read.effects.as_deref() else {
+            return false;
+        };
+        if read.pin.is_some() || !self.queue.is_empty() {
+            return false;
+        }
+        let Some(statement) = self.statements.get(&name[..]).cloned() else {
+            return false;
+        };
+        let status = match server {
+            None => b'I',
+            Some((_, b'E')) => return false,
+            Some((cache, status)) => {
+                if cache.touch(&statement.name) {
+                    out.push(frame(b'Q', |b| {
+                        b.put_slice(b"DEALLOCATE \"");
+                        b.put_slice(statement.name.as_bytes());
+                        b.put_slice(b"\"\0");
+                    }));
+                    self.queue.push_back(Expect::Query {
+                        note: Some(Box::new(QueryNote {
+                            effects: vec![Effect::Deallocate(statement.name.as_bytes().to_vec())],
+                            forget: Some(name[..].into()),
+                            ..QueryNote::default()
+                        })),
+                        failed: false,
+                    });
+                    return true;
+                }
+                status
+            }
+        };
+        self.statements.remove(&name[..]);
+        let answer = messages::build(|buf| {
+            messages::message(buf, b'C', |b| b.put_slice(b"DEALLOCATE\0"));
+            messages::message(buf, b'Z', |b| b.put_u8(status));
+        });
+        self.queue.push_back(Expect::Answer(answer, Undo::Nothing));
+        true
     }
 
     /// Whether a Parse/Bind/Describe/Close needs rewriting (it names a statement).
@@ -295,21 +356,35 @@ impl Txn {
         server: &mut PreparedCache,
         statements: &Statements,
         out: &mut Vec<Bytes>,
+    ) -> Result<(), TooManyStatements> {
+        if tag != b'P' {
+            self.rewrite_use(tag, body, server, out);
+            return Ok(());
+        }
+        let Some((name, rest)) = read_cstr(body) else {
+            self.pass(tag, body, out);
+            return Ok(());
+        };
+        let statement = statements.intern(rest);
+        self.name(name, statement.clone())?;
+        let undo = Undo::Forget(name.into());
+        if server.touch(&statement.name) {
+            self.queue.push_back(Expect::Answer(answer(b'1'), undo));
+        } else {
+            self.prepare(server, &statement, Some(undo), out);
+        }
+        Ok(())
+    }
+
+    /// Bind, Describe or Close of a named statement.
+    fn rewrite_use(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        server: &mut PreparedCache,
+        out: &mut Vec<Bytes>,
     ) {
         match tag {
-            b'P' => {
-                let Some((name, rest)) = read_cstr(body) else {
-                    return self.pass(tag, body, out);
-                };
-                let statement = statements.intern(rest);
-                self.statements.insert(name.into(), statement.clone());
-                let undo = Undo::Forget(name.into());
-                if server.touch(&statement.name) {
-                    self.queue.push_back(Expect::Answer(answer(b'1'), undo));
-                } else {
-                    self.prepare(server, &statement, Some(undo), out);
-                }
-            }
             b'B' => {
                 let Some((portal, rest)) = read_cstr(body) else {
                     return self.pass(tag, body, out);
@@ -322,7 +397,7 @@ impl Txn {
                     return self.pass(tag, body, out);
                 };
                 self.ensure_prepared(server, &statement, out);
-                self.follow.bound(portal, statement.setting.clone());
+                self.follow.bound(portal, statement.note.clone());
                 out.push(frame(b'B', |b| {
                     b.put_slice(portal);
                     b.put_u8(0);
@@ -430,17 +505,39 @@ impl Txn {
                 if tag == b'C' {
                     self.follow.command_complete(body);
                 }
-                if let Some(Expect::Execute(setting)) = self.queue.front_mut() {
-                    let setting = setting.take();
-                    self.queue.pop_front();
-                    if let (Some(change), b'C') = (setting, tag) {
-                        self.follow.ran(*change);
+                match self.queue.front_mut() {
+                    Some(Expect::Execute(note)) => {
+                        let note = note.take();
+                        self.queue.pop_front();
+                        if let (Some(note), b'C') = (note, tag) {
+                            if let Some(change) = note.setting {
+                                self.follow.ran(change);
+                            }
+                            self.apply(&note.effect, server);
+                        }
                     }
+                    Some(Expect::Query {
+                        note: Some(note), ..
+                    }) if tag == b'C' => {
+                        let effect = note.effects.get(note.completed).cloned();
+                        note.completed += 1;
+                        let forget = note.forget.take();
+                        if let Some(name) = forget {
+                            self.statements.remove(&name);
+                        }
+                        if let Some(effect) = effect {
+                            self.apply(&effect, server);
+                        }
+                    }
+                    _ => {}
                 }
             }
             b'E' => {
                 self.copy = CopyIn::None;
                 self.follow.error();
+                if out_of_step(body) {
+                    self.out_of_step = true;
+                }
                 if let Some(Expect::Query { failed, .. }) = self.queue.front_mut() {
                     *failed = true;
                 }
@@ -451,10 +548,12 @@ impl Txn {
                 while let Some(expect) = self.queue.pop_front() {
                     match expect {
                         Expect::Query {
-                            setting: Some(change),
+                            note: Some(note),
                             failed: false,
                         } => {
-                            self.follow.ran(*change);
+                            if let Some(change) = note.setting {
+                                self.follow.ran(change);
+                            }
                             break;
                         }
                         Expect::Sync | Expect::Query { .. } | Expect::Function => break,
@@ -466,6 +565,30 @@ impl Txn {
             _ => {}
         }
         verdict
+    }
+
+    /// A statement that completed dropped prepared statements on the server: the
+    /// server's record and the client's names follow.
+    fn apply(&mut self, effect: &Effect, server: &mut PreparedCache) {
+        match effect {
+            Effect::None => {}
+            Effect::Deallocate(name) => {
+                if let Ok(name) = std::str::from_utf8(name) {
+                    server.remove(name);
+                }
+            }
+            Effect::DeallocateAll | Effect::DiscardAll => {
+                server.clear();
+                self.statements.clear();
+            }
+        }
+    }
+
+    /// Whether the server answered as if the proxy's record of its statements were
+    /// wrong (a function the client called can DEALLOCATE or PREPARE by SQL). Such a
+    /// server is closed instead of being reused. Asking resets it.
+    pub fn take_out_of_step(&mut self) -> bool {
+        std::mem::take(&mut self.out_of_step)
     }
 
     /// The server entered copy-in mode for the request at the head of the queue.
@@ -542,6 +665,13 @@ impl Txn {
     }
 }
 
+/// An ErrorResponse saying a proxy-named statement is missing (26000) or already
+/// there (42P05).
+fn out_of_step(body: &[u8]) -> bool {
+    let fields = messages::parse_error_fields(body);
+    matches!(fields.code.as_str(), "26000" | "42P05") && fields.message.contains("\"pgtenant_")
+}
+
 fn swallowed(swallow: bool) -> Verdict {
     if swallow {
         Verdict::Swallow
@@ -553,6 +683,20 @@ fn swallowed(swallow: bool) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn txn() -> Txn {
+        Txn {
+            max_statements: 100,
+            ..Txn::default()
+        }
+    }
+
+    /// The server-side name the pool's table gives `sql`.
+    fn server_name(statements: &Statements, sql: &str) -> String {
+        let mut key = sql.as_bytes().to_vec();
+        key.extend_from_slice(&[0, 0, 0]);
+        statements.intern(&key).name.to_string()
+    }
 
     fn parse(name: &str, sql: &str) -> Vec<u8> {
         let mut b = Vec::new();
@@ -587,7 +731,7 @@ mod tests {
     ) -> Vec<Bytes> {
         let mut out = Vec::new();
         if Txn::needs_rewrite(tag, body) {
-            txn.rewrite(tag, body, cache, statements, &mut out);
+            txn.rewrite(tag, body, cache, statements, &mut out).unwrap();
         } else {
             txn.sent(tag);
             out.push(frame(tag, |b| b.put_slice(body)));
@@ -607,11 +751,8 @@ mod tests {
 
     #[test]
     fn a_statement_is_made_once_per_server_and_named_by_the_proxy() {
-        let (mut txn, mut cache, statements) = (
-            Txn::default(),
-            PreparedCache::new(10),
-            Statements::default(),
-        );
+        let (mut txn, mut cache, statements) =
+            (txn(), PreparedCache::new(10), Statements::default());
         let out = send(
             &mut txn,
             &mut cache,
@@ -620,7 +761,8 @@ mod tests {
             &parse("s1", "SELECT 1"),
         );
         assert_eq!(tags(&out), b"P");
-        assert!(out[0][5..].starts_with(b"pgtenant_0\0"));
+        let name = server_name(&statements, "SELECT 1");
+        assert!(out[0][5..].starts_with(name.as_bytes()));
         assert_eq!(txn.received(b'1', &[], &mut cache), Verdict::Forward);
 
         // The same text under another client name: answered without the server.
@@ -638,7 +780,7 @@ mod tests {
 
     #[test]
     fn bind_on_a_server_without_the_statement_reissues_the_parse() {
-        let (mut txn, statements) = (Txn::default(), Statements::default());
+        let (mut txn, statements) = (txn(), Statements::default());
         let mut first_server = PreparedCache::new(10);
         send(
             &mut txn,
@@ -652,10 +794,8 @@ mod tests {
         let mut second_server = PreparedCache::new(10);
         let out = send(&mut txn, &mut second_server, &statements, b'B', &bind("s1"));
         assert_eq!(tags(&out), b"PB");
-        assert!(
-            out[1][5..].starts_with(b"\0pgtenant_0\0"),
-            "Bind is renamed"
-        );
+        let name = server_name(&statements, "SELECT $1");
+        assert!(out[1][6..].starts_with(name.as_bytes()), "Bind is renamed");
         send(
             &mut txn,
             &mut second_server,
@@ -686,11 +826,8 @@ mod tests {
 
     #[test]
     fn answers_keep_their_place_in_a_pipeline() {
-        let (mut txn, mut cache, statements) = (
-            Txn::default(),
-            PreparedCache::new(10),
-            Statements::default(),
-        );
+        let (mut txn, mut cache, statements) =
+            (txn(), PreparedCache::new(10), Statements::default());
         send(
             &mut txn,
             &mut cache,
@@ -721,11 +858,8 @@ mod tests {
 
     #[test]
     fn an_error_skips_to_sync_and_forgets_statements_not_made() {
-        let (mut txn, mut cache, statements) = (
-            Txn::default(),
-            PreparedCache::new(10),
-            Statements::default(),
-        );
+        let (mut txn, mut cache, statements) =
+            (txn(), PreparedCache::new(10), Statements::default());
         send(
             &mut txn,
             &mut cache,
@@ -744,11 +878,11 @@ mod tests {
         send(&mut txn, &mut cache, &statements, b'S', b"");
         assert_eq!(txn.received(b'E', &[], &mut cache), Verdict::Forward);
         assert!(
-            !cache.touch("pgtenant_0"),
+            !cache.touch(&server_name(&statements, "SELEC 1")),
             "the failed statement is not on the server"
         );
         assert!(
-            !cache.touch("pgtenant_1"),
+            !cache.touch(&server_name(&statements, "SELECT 2")),
             "the skipped Parse made nothing either"
         );
         assert!(answers(&mut txn).is_empty());
@@ -758,11 +892,8 @@ mod tests {
 
     #[test]
     fn close_is_answered_by_the_proxy() {
-        let (mut txn, mut cache, statements) = (
-            Txn::default(),
-            PreparedCache::new(10),
-            Statements::default(),
-        );
+        let (mut txn, mut cache, statements) =
+            (txn(), PreparedCache::new(10), Statements::default());
         send(
             &mut txn,
             &mut cache,
@@ -782,7 +913,7 @@ mod tests {
     #[test]
     fn a_full_server_cache_closes_the_least_recently_used_statement() {
         let (mut txn, mut cache, statements) =
-            (Txn::default(), PreparedCache::new(1), Statements::default());
+            (txn(), PreparedCache::new(1), Statements::default());
         send(
             &mut txn,
             &mut cache,
@@ -806,11 +937,8 @@ mod tests {
 
     #[test]
     fn syncs_sent_during_copy_in_are_not_awaited() {
-        let (mut txn, mut cache, statements) = (
-            Txn::default(),
-            PreparedCache::new(10),
-            Statements::default(),
-        );
+        let (mut txn, mut cache, statements) =
+            (txn(), PreparedCache::new(10), Statements::default());
         // tokio-postgres: Bind, Execute, Sync, then the data, CopyDone, Sync.
         for (tag, body) in [
             (b'B', bind("")),
@@ -835,11 +963,8 @@ mod tests {
 
     #[test]
     fn a_whole_copy_sent_before_the_server_starts_it() {
-        let (mut txn, mut cache, statements) = (
-            Txn::default(),
-            PreparedCache::new(10),
-            Statements::default(),
-        );
+        let (mut txn, mut cache, statements) =
+            (txn(), PreparedCache::new(10), Statements::default());
         for tag in [b'B', b'E', b'S', b'd', b'c', b'S'] {
             let body = if tag == b'B' {
                 bind("")
@@ -857,12 +982,15 @@ mod tests {
 
     #[test]
     fn between_transactions_parse_and_sync_need_no_server() {
-        let (mut txn, statements) = (Txn::default(), Statements::default());
-        assert!(txn.answer_detached(b'P', &parse("s1", "SELECT 1"), &statements));
-        assert!(txn.answer_detached(b'S', b"", &statements));
+        let (mut txn, statements) = (txn(), Statements::default());
+        assert!(txn
+            .answer_detached(b'P', &parse("s1", "SELECT 1"), None, &statements)
+            .unwrap());
+        assert!(txn.answer_detached(b'S', b"", None, &statements).unwrap());
         assert_eq!(answers(&mut txn), b"1Z");
         assert!(
-            !txn.answer_detached(b'B', &bind("s1"), &statements),
+            !txn.answer_detached(b'B', &bind("s1"), None, &statements)
+                .unwrap(),
             "Bind needs a server"
         );
         // The statement is made at first use.

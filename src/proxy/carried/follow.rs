@@ -7,7 +7,8 @@
 //! sends its `SET extra_float_digits = 3` that way). The state is boxed on first use:
 //! most clients never change a setting.
 
-use super::features::SettingChange;
+use crate::pool::statements::Note;
+use crate::sql::SettingChange;
 
 #[derive(Default)]
 pub struct Follow {
@@ -16,10 +17,10 @@ pub struct Follow {
 
 #[derive(Default)]
 struct State {
-    /// The change the unnamed statement makes, if it is a SET/RESET.
-    unnamed_statement: Option<SettingChange>,
-    /// Portals bound to a SET/RESET statement; the unnamed portal has an empty name.
-    portals: Vec<(Box<[u8]>, SettingChange)>,
+    /// What the unnamed statement does, if it is a SET/RESET/DEALLOCATE/DISCARD.
+    unnamed_statement: Option<Note>,
+    /// Portals bound to such a statement; the unnamed portal has an empty name.
+    portals: Vec<(Box<[u8]>, Note)>,
     /// Changes that ran in the current transaction, waiting for it to end.
     pending: Vec<SettingChange>,
     /// An ErrorResponse came since the last ReadyForQuery.
@@ -36,32 +37,32 @@ impl Follow {
     }
 
     /// A Parse of the unnamed statement went to the server.
-    pub fn parsed_unnamed(&mut self, change: Option<SettingChange>) {
-        if change.is_some() || self.state.is_some() {
-            self.state().unnamed_statement = change;
+    pub fn parsed_unnamed(&mut self, note: Option<Note>) {
+        if note.is_some() || self.state.is_some() {
+            self.state().unnamed_statement = note;
         }
     }
 
-    /// The change the unnamed statement makes, for a Bind of it.
-    pub fn unnamed_statement(&self) -> Option<SettingChange> {
+    /// What the unnamed statement does, for a Bind of it.
+    pub fn unnamed_statement(&self) -> Option<Note> {
         self.state.as_deref()?.unnamed_statement.clone()
     }
 
-    /// A Bind of a statement making `change` (if any) to `portal` went to the server.
-    pub fn bound(&mut self, portal: &[u8], change: Option<SettingChange>) {
+    /// A Bind to `portal` of a statement that does `note` (if anything) went to the server.
+    pub fn bound(&mut self, portal: &[u8], note: Option<Note>) {
         if let Some(state) = self.state.as_deref_mut() {
             state.portals.retain(|(name, _)| &name[..] != portal);
         }
-        if let Some(change) = change {
-            self.state().portals.push((portal.into(), change));
+        if let Some(note) = note {
+            self.state().portals.push((portal.into(), note));
         }
     }
 
-    /// The change an Execute of `portal` makes, to be noted when it completes.
-    pub fn executing(&self, portal: &[u8]) -> Option<Box<SettingChange>> {
+    /// What an Execute of `portal` does, to be noted when it completes.
+    pub fn executing(&self, portal: &[u8]) -> Option<Box<Note>> {
         let state = self.state.as_deref()?;
-        let (_, change) = state.portals.iter().find(|(name, _)| &name[..] == portal)?;
-        Some(Box::new(change.clone()))
+        let (_, note) = state.portals.iter().find(|(name, _)| &name[..] == portal)?;
+        Some(Box::new(note.clone()))
     }
 
     /// A SET/RESET ran without error; it holds once its transaction commits.
@@ -154,20 +155,26 @@ mod tests {
         assert!(follow.take_committed().is_empty());
     }
 
+    fn note(name: &str, value: &str) -> Note {
+        Note {
+            setting: Some(set(name, value)),
+            ..Note::default()
+        }
+    }
+
     #[test]
     fn portals_carry_the_change_of_their_statement() {
         let mut follow = Follow::default();
-        follow.parsed_unnamed(Some(set("a", "1")));
+        follow.parsed_unnamed(Some(note("a", "1")));
         follow.bound(b"", follow.unnamed_statement());
-        assert_eq!(follow.executing(b""), Some(Box::new(set("a", "1"))));
+        assert_eq!(follow.executing(b""), Some(Box::new(note("a", "1"))));
         // A plain statement replaces it.
         follow.parsed_unnamed(None);
         follow.bound(b"", follow.unnamed_statement());
         assert_eq!(follow.executing(b""), None);
         // A named statement's change goes to a named portal.
-        let change = set("b", "2");
-        follow.bound(b"p1", Some(change.clone()));
-        assert_eq!(follow.executing(b"p1"), Some(Box::new(change)));
+        follow.bound(b"p1", Some(note("b", "2")));
+        assert_eq!(follow.executing(b"p1"), Some(Box::new(note("b", "2"))));
         follow.ready(b'I');
         assert_eq!(follow.executing(b"p1"), None);
     }

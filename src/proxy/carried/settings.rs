@@ -1,4 +1,9 @@
-//! Which of a client's startup parameters follow it onto server connections.
+//! The settings that follow a client onto each server connection: what it asked for
+//! at startup, the reported parameters the server told it, and the session-level
+//! SET/RESET it ran (replayed as written; see `sql::classify`).
+
+use crate::backend::{replayed, ServerConn, CLIENT_PARAMETERS};
+use crate::sql::SettingChange;
 
 /// Startup keys that are not settings: they pick the connection, not configure it.
 const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
@@ -68,6 +73,45 @@ fn parse_options(options: &str) -> Vec<(String, String)> {
         }
     }
     settings
+}
+
+/// Drops the client settings that equal what a fresh server session has: a server
+/// connection is brought back to those anyway, and an idle client should hold as
+/// little as possible.
+pub fn keep_only_changes(settings: &mut Vec<(String, String)>, initial: &[(String, String)]) {
+    settings.retain(|(name, value)| !initial.iter().any(|(n, v)| n == name && v == value));
+    settings.shrink_to_fit();
+}
+
+/// Applies a client's SET/RESET to the settings that follow it, and notes it on the
+/// server it ran on. Reported settings are followed through ParameterStatus instead.
+pub fn follow_setting(
+    settings: &mut Vec<(String, String)>,
+    conn: &mut ServerConn,
+    change: SettingChange,
+) {
+    let reported = |name: &str| {
+        CLIENT_PARAMETERS
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(name))
+    };
+    match change {
+        SettingChange::Set(name, statement) if !reported(&name) => {
+            let value = replayed(&statement);
+            conn.note_setting(&name, Some(&value));
+            set_setting(settings, &name, &value);
+        }
+        SettingChange::Reset(name) if !reported(&name) => {
+            let name = name.to_ascii_lowercase();
+            conn.note_setting(&name, None);
+            settings.retain(|(n, _)| n != &name);
+        }
+        SettingChange::ResetAll => {
+            conn.forget_settings();
+            settings.retain(|(n, _)| reported(n));
+        }
+        _ => {}
+    }
 }
 
 #[cfg(test)]

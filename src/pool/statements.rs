@@ -1,0 +1,146 @@
+//! The named statements of one pool as its servers know them: each distinct text (and
+//! parameter types) gets a server-side name once, shared by the pool's clients.
+//!
+//! Names are per pool and unguessable (`pgtenant_<random>_<n>`): a client cannot tell
+//! from `pg_prepared_statements` what another pool prepared, nor make in advance a
+//! statement the proxy will later bind under a name it chose. The table keeps a
+//! statement only while a client or a server record holds it (weak references,
+//! swept as the table grows), so its memory follows what is in use.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use bytes::{BufMut, Bytes};
+
+use crate::protocol::frame::read_cstr;
+use crate::protocol::messages;
+use crate::sql::{classify, Classified, Effect, SettingChange};
+
+/// What a statement does when executed, noted when it completes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Note {
+    pub setting: Option<SettingChange>,
+    pub effect: Effect,
+}
+
+impl Note {
+    /// The note for one statement's SQL (a Parse holds one statement), if any.
+    pub fn of_sql(sql: &[u8]) -> Option<Note> {
+        Note::of(&classify(sql, true))
+    }
+
+    /// The note for a classified statement, if it does anything to note.
+    pub fn of(read: &Classified) -> Option<Note> {
+        let effect = read
+            .effects
+            .as_ref()
+            .and_then(|e| e.first().cloned())
+            .unwrap_or_default();
+        (read.setting.is_some() || effect != Effect::None).then(|| Note {
+            setting: read.setting.clone(),
+            effect,
+        })
+    }
+}
+
+/// A statement as the servers know it: a proxy-chosen name and the Parse that makes it.
+#[derive(Debug)]
+pub struct Statement {
+    pub name: Arc<str>,
+    pub parse: Bytes,
+    pub note: Option<Note>,
+}
+
+/// Sweep dead entries once the table has grown past this since the last sweep.
+const FIRST_SWEEP: usize = 1024;
+
+pub struct Statements {
+    prefix: String,
+    inner: Mutex<Table>,
+}
+
+struct Table {
+    by_text: HashMap<Bytes, Weak<Statement>>,
+    next: u64,
+    sweep_at: usize,
+}
+
+impl Default for Statements {
+    fn default() -> Self {
+        Statements {
+            prefix: format!("pgtenant_{:016x}_", rand::random::<u64>()),
+            inner: Mutex::new(Table {
+                by_text: HashMap::new(),
+                next: 0,
+                sweep_at: FIRST_SWEEP,
+            }),
+        }
+    }
+}
+
+impl Statements {
+    /// The statement for a Parse body without its name (`query\0 nparams types…`).
+    pub fn intern(&self, text_and_types: &[u8]) -> Arc<Statement> {
+        let mut table = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(statement) = table.by_text.get(text_and_types).and_then(Weak::upgrade) {
+            return statement;
+        }
+        if table.by_text.len() >= table.sweep_at {
+            table.by_text.retain(|_, s| s.strong_count() > 0);
+            table.sweep_at = (table.by_text.len() * 2).max(FIRST_SWEEP);
+        }
+        let name: Arc<str> = format!("{}{}", self.prefix, table.next).into();
+        table.next += 1;
+        let parse = messages::build(|buf| {
+            messages::message(buf, b'P', |b| {
+                b.put_slice(name.as_bytes());
+                b.put_u8(0);
+                b.put_slice(text_and_types);
+            })
+        });
+        let sql = read_cstr(text_and_types).map_or(&[][..], |(sql, _)| sql);
+        let statement = Arc::new(Statement {
+            name,
+            parse,
+            note: Note::of_sql(sql),
+        });
+        table.by_text.insert(
+            Bytes::copy_from_slice(text_and_types),
+            Arc::downgrade(&statement),
+        );
+        statement
+    }
+
+    /// Entries in the table, live or not yet swept.
+    pub fn len(&self) -> usize {
+        self.inner.lock().map(|t| t.by_text.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_per_table_and_shared_by_text() {
+        let (a, b) = (Statements::default(), Statements::default());
+        let one = a.intern(b"select 1\0\0\0");
+        assert!(Arc::ptr_eq(&one, &a.intern(b"select 1\0\0\0")));
+        let other = b.intern(b"select 1\0\0\0");
+        assert_ne!(one.name, other.name, "another pool names it otherwise");
+        assert!(one.name.len() > "pgtenant_".len() + 16);
+    }
+
+    #[test]
+    fn statements_nobody_holds_are_swept() {
+        let table = Statements::default();
+        for i in 0..10_000 {
+            drop(table.intern(format!("select {i}\0\0\0").as_bytes()));
+        }
+        assert!(table.len() <= FIRST_SWEEP + 1, "{} entries", table.len());
+    }
+}

@@ -1,0 +1,353 @@
+//! What a query does to the session it runs in, read with the lexer as the server
+//! reads it. Three answers per query:
+//!
+//! - `pin`: the query makes session state the proxy cannot carry to another server
+//!   (LISTEN, SQL PREPARE, WITH HOLD cursors, temporary objects, session advisory
+//!   locks, a changed role, `set_config(…, false)`, DO blocks, LOAD, a SET it cannot
+//!   read exactly, a SET among other statements). The client keeps its server.
+//! - `setting`: the query is one session-level SET/RESET/DISCARD ALL the proxy can
+//!   re-apply on the client's next server (it replays the statement itself, comments
+//!   stripped, so the value means exactly what the server made of it).
+//! - `effects`: statements that drop prepared statements (DEALLOCATE, DISCARD ALL),
+//!   one entry per statement, applied when that statement's CommandComplete arrives.
+//!
+//! Where a reading is in doubt (unterminated text, an unknown SET form, a string that
+//! reads differently with `standard_conforming_strings` off) the answer is to pin.
+
+use super::lexer::{Kind, Lexer, Token};
+use super::set::{read_reset, read_set, SetForm};
+
+/// Why a client keeps its server connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pin {
+    Listen,
+    Prepare,
+    HoldCursor,
+    TempObject,
+    AdvisoryLock,
+    Role,
+    SetConfig,
+    Do,
+    Load,
+    SessionCharacteristics,
+    UnreadableSet,
+    SettingInBatch,
+    Unreadable,
+    TooLarge,
+}
+
+impl Pin {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Pin::Listen => "LISTEN",
+            Pin::Prepare => "SQL-level PREPARE",
+            Pin::HoldCursor => "DECLARE … WITH HOLD",
+            Pin::TempObject => "temporary objects",
+            Pin::AdvisoryLock => "session advisory locks",
+            Pin::Role => "a changed role or session authorization",
+            Pin::SetConfig => "set_config(…) that is not transaction-local",
+            Pin::Do => "a DO block (it can change anything)",
+            Pin::Load => "LOAD",
+            Pin::SessionCharacteristics => "SET SESSION CHARACTERISTICS",
+            Pin::UnreadableSet => "a SET/RESET the proxy cannot read exactly",
+            Pin::SettingInBatch => "a SET among other statements of one query",
+            Pin::Unreadable => "SQL text the proxy cannot read (unterminated quote or comment)",
+            Pin::TooLarge => "a statement larger than relay_buffer (not inspected)",
+        }
+    }
+}
+
+/// A session setting a client changed, to re-apply on its next server. `Set`'s
+/// second field is the SET statement to replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettingChange {
+    Set(String, String),
+    Reset(String),
+    ResetAll,
+}
+
+/// What one statement does to the server's prepared statements once it completes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Effect {
+    #[default]
+    None,
+    /// DEALLOCATE name (the name as the server reads it).
+    Deallocate(Vec<u8>),
+    DeallocateAll,
+    /// DISCARD ALL: statements, settings, everything.
+    DiscardAll,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Classified {
+    pub pin: Option<Pin>,
+    pub setting: Option<SettingChange>,
+    /// One per statement, in order; `None` when no statement has an effect.
+    pub effects: Option<Vec<Effect>>,
+}
+
+impl Classified {
+    /// Nothing to note: the query cannot change what the proxy tracks.
+    pub fn is_plain(&self) -> bool {
+        self.pin.is_none() && self.setting.is_none() && self.effects.is_none()
+    }
+}
+
+/// Session advisory lock functions (the `_xact_` ones end with their transaction).
+const ADVISORY_LOCKS: &[&str] = &[
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+];
+
+/// Classifies a query (one or more statements). `standard_strings`: the session's
+/// `standard_conforming_strings`.
+pub fn classify(sql: &[u8], standard_strings: bool) -> Classified {
+    let mut lexer = Lexer::new(sql, standard_strings);
+    let first = classify_tokens(&mut lexer);
+    if !lexer.saw_backslash || !standard_strings {
+        return first;
+    }
+    // `'\''` is one string with standard_conforming_strings off and a string plus an
+    // open quote with it on. The session says on, but a SET in the same query could
+    // turn it off: read it both ways and pin unless they agree.
+    let other = classify_tokens(&mut Lexer::new(sql, false));
+    if other == first {
+        first
+    } else {
+        Classified {
+            pin: first.pin.or(other.pin).or(Some(Pin::Unreadable)),
+            ..Classified::default()
+        }
+    }
+}
+
+/// Statement state while scanning.
+#[derive(Default)]
+struct Statement<'a> {
+    tokens: Vec<Token<'a>>,
+}
+
+fn classify_tokens(lexer: &mut Lexer<'_>) -> Classified {
+    let mut result = Classified::default();
+    let mut effects: Vec<Effect> = Vec::new();
+    let mut statements = 0usize;
+    let mut session_set = false;
+    let mut statement = Statement::default();
+    let mut pin = None;
+    let mut finish = |statement: &mut Statement<'_>,
+                      pin: &mut Option<Pin>,
+                      setting: &mut Option<SettingChange>| {
+        if statement.tokens.is_empty() {
+            return;
+        }
+        statements += 1;
+        let read = read_statement(&statement.tokens);
+        if pin.is_none() {
+            *pin = read.pin;
+        }
+        if let Some(change) = read.setting {
+            session_set = true;
+            *setting = Some(change);
+        }
+        effects.push(read.effect);
+        statement.tokens.clear();
+    };
+    let mut setting = None;
+    for token in lexer.by_ref() {
+        match token.kind {
+            Kind::Unterminated => {
+                pin.get_or_insert(Pin::Unreadable);
+            }
+            Kind::Punct if token.text == b";" => {
+                finish(&mut statement, &mut pin, &mut setting);
+                continue;
+            }
+            _ => {}
+        }
+        statement.tokens.push(token);
+    }
+    finish(&mut statement, &mut pin, &mut setting);
+    if session_set && statements > 1 {
+        pin.get_or_insert(Pin::SettingInBatch);
+    }
+    result.pin = pin;
+    if result.pin.is_none() && statements == 1 {
+        result.setting = setting;
+    }
+    if effects.iter().any(|e| *e != Effect::None) {
+        result.effects = Some(effects);
+    }
+    result
+}
+
+#[derive(Default)]
+struct Read {
+    pin: Option<Pin>,
+    setting: Option<SettingChange>,
+    effect: Effect,
+}
+
+fn pinned(pin: Pin) -> Read {
+    Read {
+        pin: Some(pin),
+        ..Read::default()
+    }
+}
+
+/// One statement's tokens (no `;`).
+fn read_statement(tokens: &[Token<'_>]) -> Read {
+    if let Some(pin) = scan_calls_and_temp(tokens) {
+        return pinned(pin);
+    }
+    let first = tokens[0];
+    let second = tokens.get(1);
+    if first.is("set") {
+        return match read_set(&tokens[1..]) {
+            SetForm::Nothing => Read::default(),
+            SetForm::Pin(pin) => pinned(pin),
+            SetForm::Change(change) => Read {
+                setting: Some(change),
+                ..Read::default()
+            },
+        };
+    }
+    if first.is("reset") {
+        return match read_reset(&tokens[1..]) {
+            SetForm::Nothing => Read::default(),
+            SetForm::Pin(pin) => pinned(pin),
+            SetForm::Change(change) => Read {
+                setting: Some(change),
+                ..Read::default()
+            },
+        };
+    }
+    if first.is("discard") {
+        return match (second, tokens.len()) {
+            (Some(t), 2) if t.is("all") => Read {
+                setting: Some(SettingChange::ResetAll),
+                effect: Effect::DiscardAll,
+                ..Read::default()
+            },
+            // PLANS, SEQUENCES, TEMP: nothing the proxy tracks (temporary objects
+            // pinned their client when they were made).
+            _ => Read::default(),
+        };
+    }
+    if first.is("deallocate") {
+        let rest = match second {
+            Some(t) if t.is("prepare") => &tokens[2..],
+            _ => &tokens[1..],
+        };
+        let effect = match rest {
+            [t] if t.is("all") => Effect::DeallocateAll,
+            [t] => identifier(t).map_or(Effect::None, Effect::Deallocate),
+            _ => Effect::None,
+        };
+        return Read {
+            effect,
+            ..Read::default()
+        };
+    }
+    if first.is("prepare") && !second.is_some_and(|t| t.is("transaction")) {
+        return pinned(Pin::Prepare);
+    }
+    if first.is("listen") {
+        return pinned(Pin::Listen);
+    }
+    if first.is("do") {
+        return pinned(Pin::Do);
+    }
+    if first.is("load") {
+        return pinned(Pin::Load);
+    }
+    if first.is("declare")
+        && tokens
+            .windows(2)
+            .any(|w| w[0].is("with") && w[1].is("hold"))
+    {
+        return pinned(Pin::HoldCursor);
+    }
+    Read::default()
+}
+
+/// Calls that change the session from inside any statement, and temporary objects.
+fn scan_calls_and_temp(tokens: &[Token<'_>]) -> Option<Pin> {
+    let into_makes_tables = !tokens[0].is("insert") && !tokens[0].is("merge");
+    for (i, token) in tokens.iter().enumerate() {
+        let name = match token.kind {
+            Kind::Word => token.text.to_ascii_lowercase(),
+            Kind::QuotedIdent => match identifier(token) {
+                Some(name) => name,
+                None => continue,
+            },
+            _ => continue,
+        };
+        if name == b"set_config" && tokens.get(i + 1).is_some_and(|t| t.is_punct(b'(')) {
+            if !third_argument_is_true(&tokens[i + 2..]) {
+                return Some(Pin::SetConfig);
+            }
+        } else if ADVISORY_LOCKS.iter().any(|f| f.as_bytes() == name) {
+            return Some(Pin::AdvisoryLock);
+        } else if name == b"pg_temp" || name.starts_with(b"pg_temp_") {
+            return Some(Pin::TempObject);
+        } else if token.kind == Kind::Word && (name == b"temp" || name == b"temporary") {
+            let before = i.checked_sub(1).map(|b| tokens[b]);
+            let makes = before.is_some_and(|b| {
+                ["create", "replace", "global", "local"]
+                    .iter()
+                    .any(|k| b.is(k))
+                    || (b.is("into") && into_makes_tables)
+            });
+            if makes {
+                return Some(Pin::TempObject);
+            }
+        }
+    }
+    None
+}
+
+/// Whether a call's argument list (after its `(`) has a third argument that is the
+/// literal `true`: `set_config(name, value, true)` ends with its transaction.
+fn third_argument_is_true(args: &[Token<'_>]) -> bool {
+    let mut depth = 0usize;
+    let mut argument = 0;
+    let mut third: Vec<Token<'_>> = Vec::new();
+    for token in args {
+        if token.is_punct(b'(') || token.is_punct(b'[') {
+            depth += 1;
+        } else if token.is_punct(b')') || token.is_punct(b']') {
+            if depth == 0 {
+                break;
+            }
+            depth -= 1;
+        } else if depth == 0 && token.is_punct(b',') {
+            argument += 1;
+            continue;
+        }
+        if argument == 2 {
+            third.push(*token);
+        }
+    }
+    matches!(third.as_slice(), [t] if t.is("true"))
+}
+
+/// An identifier's name as the server reads it: unquoted words fold to lower case,
+/// `"quoted"` ones keep theirs. `U&"…"` is not read (`None`).
+pub fn identifier(token: &Token<'_>) -> Option<Vec<u8>> {
+    match token.kind {
+        Kind::Word => Some(token.text.to_ascii_lowercase()),
+        Kind::QuotedIdent if token.text.first() == Some(&b'"') => {
+            let inner = token.text.get(1..token.text.len() - 1)?;
+            let mut name = Vec::with_capacity(inner.len());
+            let mut i = 0;
+            while i < inner.len() {
+                name.push(inner[i]);
+                i += if inner[i] == b'"' { 2 } else { 1 };
+            }
+            Some(name)
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,227 @@
+//! Classification as PostgreSQL would read each statement, and arbitrary input never
+//! panicking.
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn of(sql: &str) -> Classified {
+    classify(sql.as_bytes(), true)
+}
+
+fn pin(sql: &str) -> Option<Pin> {
+    of(sql).pin
+}
+
+fn set(name: &str, statement: &str) -> Option<SettingChange> {
+    Some(SettingChange::Set(name.into(), statement.into()))
+}
+
+#[test]
+fn session_features_pin() {
+    for (sql, expected) in [
+        ("LISTEN jobs", Pin::Listen),
+        ("select 1; listen jobs", Pin::Listen),
+        ("PREPARE q AS select 1", Pin::Prepare),
+        ("DECLARE c CURSOR WITH HOLD FOR select 1", Pin::HoldCursor),
+        ("create temporary table t (x int)", Pin::TempObject),
+        ("CREATE GLOBAL TEMP TABLE t (x int)", Pin::TempObject),
+        ("create or replace temp view v as select 1", Pin::TempObject),
+        ("select 1 into temp t", Pin::TempObject),
+        ("create table pg_temp.t (x int)", Pin::TempObject),
+        ("select pg_advisory_lock(1)", Pin::AdvisoryLock),
+        ("select \"pg_try_advisory_lock\"(1)", Pin::AdvisoryLock),
+        ("select set_config('a.b', 'c', false)", Pin::SetConfig),
+        (
+            "select pg_catalog.set_config('a.b', 'c', is_local)",
+            Pin::SetConfig,
+        ),
+        ("select set_config('a.b', 'c')", Pin::SetConfig),
+        ("DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$", Pin::Do),
+        ("LOAD 'auto_explain'", Pin::Load),
+        ("select 'unterminated", Pin::Unreadable),
+        ("select 1 /* open", Pin::Unreadable),
+    ] {
+        assert_eq!(pin(sql), Some(expected), "{sql}");
+    }
+}
+
+#[test]
+fn ordinary_statements_do_not_pin() {
+    for sql in [
+        "PREPARE TRANSACTION 'x'",
+        "DECLARE c CURSOR FOR select 1",
+        "select temp from weather",
+        "insert into temp values (1)",
+        "select pg_advisory_xact_lock(1)",
+        "select set_config('a.b', 'c', true)",
+        "select set_config('a.b', (select 'x'), true)",
+        "select 'listen'; -- listen\n select 1",
+        "/* prepare */ select \"listen\"",
+        "insert into t values ('create temp table')",
+        "select $$ set_config('a','b',false) $$",
+        "BEGIN; SET LOCAL work_mem = '8MB'; select 1; COMMIT",
+        "select 'set x = 1'; select 2",
+        "DISCARD PLANS",
+        "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+        "SET CONSTRAINTS ALL DEFERRED",
+        "SET TIME ZONE 'UTC'",
+        "SET application_name = 'x'",
+        "SET LOCAL ROLE reader",
+    ] {
+        assert_eq!(pin(sql), None, "{sql}");
+    }
+}
+
+#[test]
+fn role_changes_pin_in_any_spelling() {
+    for sql in [
+        "SET ROLE r",
+        "SET SESSION ROLE r",
+        "set role r",
+        "SET \"role\" = 'r'",
+        "SET Role TO r",
+        "SET SESSION AUTHORIZATION bob",
+        "SET SESSION SESSION AUTHORIZATION bob",
+        "set session_authorization = 'bob'",
+        "SET \"session_authorization\" TO bob",
+        "RESET ROLE",
+        "RESET SESSION AUTHORIZATION",
+        "RESET \"role\"",
+    ] {
+        assert_eq!(pin(sql), Some(Pin::Role), "{sql}");
+    }
+}
+
+#[test]
+fn settings_are_replayed_as_written_without_comments() {
+    assert_eq!(
+        of("SET statement_timeout = 5000 -- five seconds").setting,
+        set("statement_timeout", "SET statement_timeout = 5000")
+    );
+    assert_eq!(
+        of("SET statement_timeout = E'7s'").setting,
+        set("statement_timeout", "SET statement_timeout = E'7s'")
+    );
+    assert_eq!(
+        of("set SESSION Statement_Timeout TO /* c */ $$9s$$;").setting,
+        set("statement_timeout", "SET Statement_Timeout TO $$9s$$")
+    );
+    assert_eq!(
+        of("SET search_path TO 'tenant_globex', 'public'").setting,
+        set(
+            "search_path",
+            "SET search_path TO 'tenant_globex' , 'public'"
+        )
+    );
+    assert_eq!(
+        of("SET \"MyApp\".flag = -1").setting,
+        set("myapp.flag", "SET \"MyApp\" . flag = - 1")
+    );
+    assert_eq!(
+        of("SET SCHEMA 'tenant_acme'").setting,
+        set("search_path", "SET SCHEMA 'tenant_acme'")
+    );
+    assert_eq!(
+        of("SET work_mem TO DEFAULT").setting,
+        Some(SettingChange::Reset("work_mem".into()))
+    );
+    assert_eq!(
+        of("RESET work_mem").setting,
+        Some(SettingChange::Reset("work_mem".into()))
+    );
+    assert_eq!(of("RESET ALL").setting, Some(SettingChange::ResetAll));
+    assert_eq!(of("discard all").setting, Some(SettingChange::ResetAll));
+}
+
+#[test]
+fn settings_the_proxy_cannot_read_pin() {
+    for sql in [
+        "SET x éé",
+        "SET statement_timeout = 'é' 'x'",
+        "SET work_mem FROM CURRENT",
+        "SET a = $1",
+        "SET a = (1)",
+        "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+        "SET CATALOG 'x'",
+        "SET a = U&'x' UESCAPE '!'",
+        "RESET a b",
+        "SET",
+    ] {
+        assert!(pin(sql).is_some(), "{sql}");
+    }
+    assert_eq!(
+        pin("SET a = 1; select 1"),
+        Some(Pin::SettingInBatch),
+        "a SET among other statements"
+    );
+}
+
+#[test]
+fn statement_effects_follow_statement_order() {
+    assert_eq!(
+        of("DEALLOCATE ALL").effects,
+        Some(vec![Effect::DeallocateAll])
+    );
+    assert_eq!(
+        of("deallocate prepare \"S1\"").effects,
+        Some(vec![Effect::Deallocate(b"S1".to_vec())])
+    );
+    assert_eq!(
+        of("select 1; DEALLOCATE a1").effects,
+        Some(vec![Effect::None, Effect::Deallocate(b"a1".to_vec())])
+    );
+    assert_eq!(of("DISCARD ALL").effects, Some(vec![Effect::DiscardAll]));
+    assert_eq!(of("DISCARD PLANS").effects, None);
+    assert!(of("select 1").is_plain());
+}
+
+#[test]
+fn backslashes_read_both_ways_or_pin() {
+    // With standard_conforming_strings off the call is outside any string.
+    assert!(pin(r"select '\'', set_config('a', 'b', false) --'").is_some());
+    assert_eq!(pin(r"select 'a\b'"), None);
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let _ = classify(&bytes, true);
+        let _ = classify(&bytes, false);
+    }
+
+    #[test]
+    fn sql_like_text_never_panics(
+        parts in proptest::collection::vec(
+            prop_oneof![
+                Just("SET "), Just("RESET "), Just("SESSION "), Just("ROLE "), Just("x"),
+                Just("= "), Just("TO "), Just("'"), Just("E'"), Just("\\"), Just("$$"),
+                Just("$a$"), Just("\""), Just("U&"), Just("/*"), Just("*/"), Just("--"),
+                Just("\n"), Just(";"), Just("é"), Just("set_config("), Just(","),
+                Just("true"), Just(")"), Just("DEALLOCATE "), Just("DISCARD ALL"),
+                Just("temp "), Just("create "), Just("."), Just("-"), Just("1"),
+            ],
+            0..24,
+        )
+    ) {
+        let sql = parts.concat();
+        let read = classify(sql.as_bytes(), true);
+        // A SET is followed only when it is the whole query and fully read.
+        if let Some(SettingChange::Set(_, statement)) = &read.setting {
+            prop_assert!(read.pin.is_none());
+            prop_assert!(statement.starts_with("SET "));
+            // Replaying it reads the same again.
+            prop_assert_eq!(&classify(statement.as_bytes(), true).setting, &read.setting);
+        }
+    }
+
+    #[test]
+    fn comments_never_change_a_reading(comment in "[a-z ;']{0,20}") {
+        let plain = of("SET statement_timeout = '5s'");
+        let commented = classify(
+            format!("SET /* {} */ statement_timeout = '5s' -- {}", comment.replace("*/", ""), comment).as_bytes(),
+            true,
+        );
+        prop_assert_eq!(plain, commented);
+    }
+}
