@@ -3,6 +3,10 @@
 # ---- build ----------------------------------------------------------------------
 FROM rust:1-bookworm AS builder
 WORKDIR /src
+# .git is not copied in (see .dockerignore): pass the revision for `pgtenant --version`,
+#   docker build --build-arg PGTENANT_GIT_REVISION=$(git rev-parse --short=12 HEAD) .
+ARG PGTENANT_GIT_REVISION=
+ENV PGTENANT_GIT_REVISION=$PGTENANT_GIT_REVISION
 COPY . .
 # The cache mounts keep downloaded crates and build output between builds.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
@@ -29,6 +33,8 @@ ENV PGTENANT__PROXY__LISTEN=0.0.0.0:6432 \
     PGTENANT__REGISTRY__FILE=/etc/pgtenant/tenants.toml
 
 USER pgtenant
+# Smoke test: the binary runs in this image and accepts the shipped configuration.
+RUN pgtenant --version && pgtenant check --config /etc/pgtenant/pgtenant.toml
 EXPOSE 6432
 ENTRYPOINT ["pgtenant"]
 CMD ["serve", "--config", "/etc/pgtenant/pgtenant.toml"]

@@ -447,28 +447,42 @@ fn tail(path: &Path, from: u64, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// uid/gid of OS user `postgres`, creating the user if needed (checked once per process).
+/// The lock that keeps processes from running useradd at the same time.
+pub const USERADD_LOCK: &str = "pgtenant-useradd.lock";
+
+/// uid/gid of OS user `postgres`, creating the user if needed (checked once per
+/// process). Only root gets here: PostgreSQL refuses to run as root.
 fn postgres_user() -> Res<(u32, u32)> {
     static CACHE: Mutex<Option<(u32, u32)>> = Mutex::new(None);
     let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(ids) = *cache {
-        return Ok(ids);
+    if cache.is_none() {
+        *cache = id("-u").zip(id("-g"));
     }
-    // Lock across processes too (nextest runs tests as parallel processes): concurrent
-    // useradd runs clobber each other's /etc/passwd, leaving uids that no longer exist.
-    let lock = fs::File::create(env::temp_dir().join("pgtenant-useradd.lock"));
-    let lock = lock.map_err(io_err("creating the useradd lock file"))?;
+    if cache.is_none() {
+        *cache = Some(create_postgres_user()?);
+    }
+    Ok(cache.expect("set above"))
+}
+
+fn id(flag: &str) -> Option<u32> {
+    let out = Command::new("id").args([flag, "postgres"]).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim().parse().ok().filter(|_| out.status.success())
+}
+
+/// `useradd --system postgres`, under a lock across processes (test binaries run in
+/// parallel): concurrent useradd runs clobber each other's /etc/passwd, leaving uids
+/// that no longer exist. The lock file is removed once the user exists; a process
+/// still waiting on it then finds the user and creates nothing.
+fn create_postgres_user() -> Res<(u32, u32)> {
+    let path = env::temp_dir().join(USERADD_LOCK);
+    let lock = fs::File::create(&path).map_err(io_err("creating the useradd lock file"))?;
     // SAFETY: plain syscall on an fd we own; the lock is released when `lock` is closed.
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
         return Err(io_err("locking the useradd lock file")(
             std::io::Error::last_os_error(),
         ));
     }
-    let id = |flag: &str| -> Option<u32> {
-        let out = Command::new("id").args([flag, "postgres"]).output().ok()?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        text.trim().parse().ok().filter(|_| out.status.success())
-    };
     if id("-u").is_none() {
         debug!("creating OS user postgres");
         let mut cmd = Command::new("useradd");
@@ -483,8 +497,9 @@ fn postgres_user() -> Res<(u32, u32)> {
         }
     }
     let ids = id("-u").zip(id("-g"));
-    *cache = ids;
-    ids.ok_or_else(|| ClusterError::User("`id postgres` fails after useradd".into()))
+    let ids = ids.ok_or_else(|| ClusterError::User("`id postgres` fails after useradd".into()))?;
+    let _ = fs::remove_file(&path);
+    Ok(ids)
 }
 
 #[cfg(test)]

@@ -1,5 +1,12 @@
 //! Proxy settings: a TOML file plus `PGTENANT__SECTION__KEY` environment overrides,
-//! loaded with the `config` crate into typed structs and validated whole.
+//! read into typed structs and validated whole. Every problem is reported at once,
+//! placed as `file:line:column` or by the environment variable that set it.
+
+mod de;
+mod load;
+mod tree;
+
+pub use tree::ENV_PREFIX;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -239,27 +246,29 @@ impl Default for RegistrySettings {
     }
 }
 
-/// One thing wrong with the configuration, located by file and key.
+/// One thing wrong with the configuration, located by where it was set and its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
+    /// Where: a file, `file:line:column`, or an environment variable's name.
     pub file: String,
+    /// The key, dotted (`pool.pool_size`); empty when the whole file is at fault.
     pub key: String,
     pub message: String,
 }
 
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}: {}", self.file, self.key, self.message)
+        match self.key.is_empty() {
+            true => write!(f, "{}: {}", self.file, self.message),
+            false => write!(f, "{}: {}: {}", self.file, self.key, self.message),
+        }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{file}: {source}")]
-    Load {
-        file: String,
-        source: config::ConfigError,
-    },
+    #[error("{file}: cannot read: {error}")]
+    Read { file: String, error: std::io::Error },
     #[error("{}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
     Invalid { problems: Vec<Problem> },
 }
@@ -268,44 +277,16 @@ impl Settings {
     /// Loads `path` (TOML) with environment overrides and validates the result.
     pub fn load(path: &Path) -> Result<Settings, ConfigError> {
         let file = path.display().to_string();
-        let builder = config::Config::builder()
-            .add_source(config::File::from(path).format(config::FileFormat::Toml))
-            .add_source(
-                config::Environment::with_prefix("PGTENANT")
-                    .prefix_separator("__")
-                    .separator("__")
-                    .list_separator(",")
-                    .with_list_parse_key("proxy.tenant_from")
-                    .try_parsing(true),
-            );
-        Self::build(builder, &file)
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            file: file.clone(),
+            error,
+        })?;
+        load::settings(&file, &text, environment())
     }
 
     /// Parses settings from TOML text (no environment), for tests and the demo.
     pub fn from_toml(text: &str) -> Result<Settings, ConfigError> {
-        let builder = config::Config::builder()
-            .add_source(config::File::from_str(text, config::FileFormat::Toml));
-        Self::build(builder, "<inline>")
-    }
-
-    fn build(
-        builder: config::ConfigBuilder<config::builder::DefaultState>,
-        file: &str,
-    ) -> Result<Settings, ConfigError> {
-        let settings: Settings =
-            builder
-                .build()
-                .and_then(|c| c.try_deserialize())
-                .map_err(|source| ConfigError::Load {
-                    file: file.to_string(),
-                    source,
-                })?;
-        let problems = settings.problems(file);
-        if problems.is_empty() {
-            Ok(settings)
-        } else {
-            Err(ConfigError::Invalid { problems })
-        }
+        load::settings("<inline>", text, std::iter::empty())
     }
 
     /// Everything wrong with these settings; empty when they can be served.
@@ -411,6 +392,19 @@ impl Settings {
         }
         problems
     }
+}
+
+/// The process environment's `PGTENANT__…` variables (text that is not UTF-8 is
+/// read lossily, so it is reported rather than ignored).
+fn environment() -> impl Iterator<Item = (String, String)> {
+    std::env::vars_os()
+        .map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        })
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
 }
 
 #[cfg(test)]

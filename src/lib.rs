@@ -6,6 +6,7 @@ pub mod alloc;
 pub mod app;
 pub mod auth;
 pub mod backend;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod pool;

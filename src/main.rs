@@ -1,42 +1,111 @@
 //! The `pgtenant` command line: serve, check, demo, user, secret.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use pgtenant::config::Settings;
-use pgtenant::registry::file;
-use pgtenant::Server;
+use pgtenant::{check, Server};
+
+/// `pgtenant 0.1.0 (git 1a2b3c4d5e6f)`: the revision is recorded by build.rs.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("PGTENANT_GIT_REVISION"),
+    ")"
+);
+
+/// Where the settings file is looked for when neither --config nor PGTENANT_CONFIG
+/// names one, in this order.
+const CONFIG_SEARCH: [&str; 2] = ["config/pgtenant.toml", "/etc/pgtenant/pgtenant.toml"];
+
+/// Shown under every command's --help.
+const ENVIRONMENT_HELP: &str = "\
+Settings file, the first of:
+  1. --config FILE
+  2. the PGTENANT_CONFIG environment variable
+  3. config/pgtenant.toml (relative to the working directory)
+  4. /etc/pgtenant/pgtenant.toml
+
+Environment:
+  PGTENANT__<SECTION>__<KEY>  Overrides one setting of the file, e.g.
+                              PGTENANT__PROXY__LISTEN=0.0.0.0:6432
+                              PGTENANT__POOL__CHECKOUT_TIMEOUT=5s
+                              PGTENANT__PROXY__TENANT_FROM=database,user (lists: commas)
+  PGTENANT_CONFIG             The settings file, when --config is not given
+  PGTENANT_LOG                Log filter: info (default), debug, warn,
+                              or per module: pgtenant::pool=debug
+  PG_BIN                      demo: the directory of initdb, pg_ctl and postgres
+
+Every key is described in config/pgtenant.toml and the README.";
 
 #[derive(Parser)]
 #[command(
     name = "pgtenant",
-    version,
-    about = "PostgreSQL proxy that routes each tenant to its own backend"
+    version = VERSION,
+    about = "PostgreSQL proxy that routes each tenant to its own backend pool",
+    after_help = ENVIRONMENT_HELP
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Args)]
+struct ConfigArg {
+    /// Settings file (TOML); when not given, see "Settings file" below.
+    #[arg(long, short, value_name = "FILE", env = "PGTENANT_CONFIG")]
+    config: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Run the proxy.
+    /// Run the proxy (until SIGINT or SIGTERM; SIGHUP re-reads the registry).
+    #[command(after_help = ENVIRONMENT_HELP)]
     Serve {
-        #[arg(long, short, default_value = "config/pgtenant.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
-    /// Validate the configuration and the registry; print each problem and exit 1.
+    /// Validate the settings and the registry, without serving.
+    ///
+    /// Reads both as `serve` does and prints every problem, one per line, as
+    /// `file:line:column: key: message` (or the environment variable that set the
+    /// value instead of the file); exits 1 if there is any.
+    #[command(after_help = ENVIRONMENT_HELP)]
     Check {
-        #[arg(long, short, default_value = "config/pgtenant.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Also connect to every host and every listed tenant.
+        ///
+        /// Opens one connection per host and one per listed tenant as the proxy
+        /// would (its database, role and password), checks that the schemas of its
+        /// search_path exist, reports each and exits 1 if any fails.
+        #[arg(long)]
+        connect: bool,
+        /// With --connect: the role for tenants without backend_user.
+        ///
+        /// The proxy logs such tenants in with the client's user name; this is the
+        /// one to try. Default: $PGUSER, else $USER.
+        #[arg(long, value_name = "ROLE", requires = "connect")]
+        user: Option<String>,
     },
     /// Start two throwaway PostgreSQL clusters with sample tenants and serve them.
+    ///
+    /// Runs until Ctrl-C (or SIGTERM), then stops the clusters and removes them,
+    /// unless --keep names a directory to leave them in.
+    #[command(after_help = ENVIRONMENT_HELP)]
     Demo {
-        #[arg(long, default_value = "127.0.0.1:6432")]
+        /// Address and port the proxy listens on.
+        #[arg(long, value_name = "ADDRESS", default_value = "127.0.0.1:6432")]
         listen: String,
+        /// Make the clusters and settings in DIR (new or empty) and keep them.
+        ///
+        /// Without it a temporary directory is used and removed at the end. On exit
+        /// the demo prints how to start the kept clusters and proxy again.
+        #[arg(long, value_name = "DIR")]
+        keep: Option<PathBuf>,
     },
     /// Client users of the proxy (`[users.NAME]` in the registry file).
     #[command(subcommand)]
@@ -88,13 +157,22 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config } => match Settings::load(&config) {
-            Ok(settings) => runtime(settings.proxy.workers).block_on(serve(settings)),
-            Err(e) => Err(e.into()),
-        },
-        Command::Check { config } => return check(&config),
-        Command::Demo { listen } => runtime(1)
-            .block_on(pgtenant::demo::run(&listen))
+        Command::Serve { config } => config_path(config).and_then(|path| {
+            let settings = Settings::load(&path)?;
+            runtime(settings.proxy.workers).block_on(serve(settings))
+        }),
+        Command::Check {
+            config,
+            connect,
+            user,
+        } => {
+            return match config_path(config) {
+                Ok(path) => run_check(&path, connect, user),
+                Err(e) => fail(e),
+            }
+        }
+        Command::Demo { listen, keep } => runtime(1)
+            .block_on(pgtenant::demo::run(&listen, keep.as_deref()))
             .map_err(Into::into),
         Command::User(UserCommand::Add {
             name,
@@ -113,11 +191,43 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("pgtenant: {e:#}");
-            ExitCode::FAILURE
+        Err(e) => fail(e),
+    }
+}
+
+/// Prints an error with its causes, each once: a cause whose text its parent already
+/// shows is not repeated.
+fn fail(e: anyhow::Error) -> ExitCode {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&cause);
         }
     }
+    eprintln!("pgtenant: {text}");
+    ExitCode::FAILURE
+}
+
+/// The settings file: --config or PGTENANT_CONFIG, else the first of CONFIG_SEARCH
+/// that exists.
+fn config_path(arg: ConfigArg) -> anyhow::Result<PathBuf> {
+    if let Some(path) = arg.config {
+        return Ok(path);
+    }
+    CONFIG_SEARCH
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no settings file: neither {} exists; pass --config FILE or set PGTENANT_CONFIG",
+                CONFIG_SEARCH.join(" nor ")
+            )
+        })
 }
 
 /// One worker: a single event loop, as PgBouncer runs; the cheapest per transaction
@@ -142,48 +252,33 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn check(config: &std::path::Path) -> ExitCode {
-    let settings = match Settings::load(config) {
-        Ok(settings) => settings,
-        Err(e) => {
-            eprintln!("{e}");
+fn run_check(config: &Path, connect: bool, user: Option<String>) -> ExitCode {
+    let (settings, snapshot) = match check::load(config) {
+        Ok(loaded) => loaded,
+        Err(problems) => {
+            eprintln!("{problems}");
             return ExitCode::FAILURE;
         }
     };
-    let Some(path) = settings.registry.file.as_ref() else {
-        eprintln!(
-            "{}: registry: no registry file configured",
-            config.display()
-        );
-        return ExitCode::FAILURE;
-    };
-    let secrets = match pgtenant::secret::Secrets::from_settings(&settings.secrets) {
-        Ok(secrets) => secrets,
-        Err(e) => {
-            eprintln!("{}: secrets: {e}", config.display());
-            return ExitCode::FAILURE;
-        }
-    };
-    if let (Some(cert), Some(key)) = (&settings.tls.cert, &settings.tls.key) {
-        if let Err(e) = pgtenant::tls::ServerTls::load(cert, key) {
-            eprintln!("{}: tls: {e}", config.display());
-            return ExitCode::FAILURE;
-        }
+    println!("{}", check::summary(config, &settings, &snapshot));
+    if !connect {
+        return ExitCode::SUCCESS;
     }
-    match file::load(path, &secrets) {
-        Ok(snapshot) => {
-            println!(
-                "{}: ok; {}: ok ({} tenants, {} hosts)",
-                config.display(),
-                path.display(),
-                snapshot.tenant_count(),
-                snapshot.hosts().count()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::FAILURE
-        }
+    let user = user
+        .or_else(|| std::env::var("PGUSER").ok())
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "postgres".into());
+    let outcomes = runtime(1).block_on(check::connections(&settings, &snapshot, &user));
+    for outcome in &outcomes {
+        println!("{outcome}");
     }
+    let failed = outcomes.iter().filter(|o| !o.ok).count();
+    if failed == 0 {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!(
+        "{failed} of {} failed",
+        check::count(outcomes.len(), "check", "checks")
+    );
+    ExitCode::FAILURE
 }

@@ -3,9 +3,10 @@
 //!
 //! Each test starts one PostgreSQL cluster (database `erp`, tenants acme and globex as
 //! schemas, plus scratch tables), a pgtenant in session mode and a second one in
-//! transaction mode, and runs one driver's checks against both: a script under
-//! tests/drivers/ (psycopg 3, psycopg2, asyncpg, node-postgres, PostgreSQL JDBC, psql)
-//! or Rust code (tokio-postgres, sqlx). Every check prints one JSON record per
+//! transaction mode, and runs one driver's checks against both: a program under
+//! tests/drivers/ (psycopg 3, psycopg2, asyncpg, node-postgres, PostgreSQL JDBC, psql,
+//! the Ruby pg gem, ActiveRecord, PHP PDO pgsql, PHP pgsql, Perl DBD::Pg, Go pgx) or
+//! Rust code (tokio-postgres, sqlx). Every check prints one JSON record per
 //! (driver, mode, feature); the records go to target/driver-results/<driver>.jsonl,
 //! from which tests/drivers/matrix.py writes the compatibility matrix:
 //!
@@ -15,9 +16,10 @@
 //! ```
 //!
 //! A test fails unless every feature passes in both modes, save the few listed in
-//! `NOT_POSSIBLE` with the reason. The Python, Node and Java drivers are installed by
-//! tests/drivers/setup.sh into target/drivers/ (a venv, an npm folder, Debian's
-//! libpostgresql-jdbc-java); a driver that cannot be installed fails its test.
+//! `NOT_POSSIBLE` with the reason. The drivers are installed by tests/drivers/setup.sh
+//! (a venv and an npm folder in target/drivers/; Debian packages for Java, Ruby, PHP,
+//! Perl and Go, whose pgx program is built offline into target/drivers/go); a driver
+//! that cannot be installed fails its test.
 
 mod common;
 #[path = "drivers/records.rs"]
@@ -53,7 +55,36 @@ const NOT_POSSIBLE: &[(&str, &str, &str, &str)] = &[
         "cancel",
         "sqlx has no API to cancel a running query (it never sends a CancelRequest)",
     ),
+    (
+        "activerecord",
+        "session",
+        "cancel",
+        "ActiveRecord has no API to cancel a running query",
+    ),
+    (
+        "activerecord",
+        "transaction",
+        "cancel",
+        "ActiveRecord has no API to cancel a running query",
+    ),
+    (
+        "pdo-pgsql",
+        "session",
+        "cancel",
+        "PDO has no API to cancel a running query",
+    ),
+    (
+        "pdo-pgsql",
+        "transaction",
+        "cancel",
+        "PDO has no API to cancel a running query",
+    ),
 ];
+
+/// The extra check of the drivers that name and drop their statements themselves:
+/// a prepared statement dropped the driver's way (DEALLOCATE, Close), then prepared
+/// again, while servers switch.
+const PREPARE_AGAIN: &[&str] = &["prepare_again"];
 
 /// Scratch tables of the checks, in the acme tenant's schema, one set per pool mode.
 const SEED: &str = "
@@ -67,6 +98,8 @@ CREATE TABLE tenant_acme.batch_transaction (id int PRIMARY KEY, x float8, label 
 CREATE TABLE tenant_acme.counters (mode text PRIMARY KEY, n bigint NOT NULL);
 INSERT INTO tenant_acme.counters VALUES ('session', 0), ('transaction', 0);
 CREATE TABLE tenant_acme.events (mode text, worker int, seq int, PRIMARY KEY (mode, worker, seq));
+-- For ORMs whose model queries cannot carry pg_backend_pid() and stay prepared.
+CREATE VIEW tenant_acme.item_backends AS SELECT id, name, pg_backend_pid() AS pid FROM tenant_acme.items;
 ";
 
 /// Session mode: a server per client, so 50 concurrent clients need 50 servers.
@@ -75,8 +108,8 @@ const SESSION_SETTINGS: &str = "[proxy]\npool_mode = \"session\"\n[pool]\npool_s
 const TRANSACTION_SETTINGS: &str =
     "[proxy]\npool_mode = \"transaction\"\n[pool]\npool_size = 3\ncheckout_timeout = \"60s\"\n";
 
-/// A driver script may take this long for both modes.
-const SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
+/// A driver script may take this long for both modes (a hung check costs 60 s).
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// One cluster and the two proxies in front of it.
 pub struct Suite {
@@ -386,6 +419,53 @@ async fn jdbc() {
     )
     .await;
     verdict("jdbc", &["batch", "startup_params"], run);
+}
+
+/// A driver program run with the suite's variables, after `setup.sh <family>`.
+async fn program_driver(family: &str, driver: &str, program: &str, args: &[PathBuf]) {
+    setup(family).await;
+    let suite = Suite::start().await;
+    let run = run_script(&suite, Path::new(program), args, &[]).await;
+    verdict(driver, PREPARE_AGAIN, run);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ruby_pg() {
+    let script = drivers_dir().join("ruby_pg.rb");
+    program_driver("ruby", "ruby-pg", "ruby", &[script]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activerecord() {
+    let script = drivers_dir().join("ruby_activerecord.rb");
+    program_driver("ruby", "activerecord", "ruby", &[script]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pdo_pgsql() {
+    let script = drivers_dir().join("php_pdo.php");
+    program_driver("php", "pdo-pgsql", "php", &[script]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn php_pgsql() {
+    let script = drivers_dir().join("php_pgsql.php");
+    program_driver("php", "php-pgsql", "php", &[script]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dbd_pg() {
+    let script = drivers_dir().join("perl_dbd_pg.pl");
+    program_driver("perl", "dbd-pg", "perl", &[script]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgx() {
+    let program = target_dir().join("drivers/go/pgx_checks");
+    setup("go").await;
+    let suite = Suite::start().await;
+    let run = run_script(&suite, &program, &[], &[]).await;
+    verdict("pgx", PREPARE_AGAIN, run);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -383,3 +383,32 @@ async fn a_huge_query_is_not_buffered_whole() {
         size >> 20
     );
 }
+
+/// A named prepared statement bound with a 128 MiB parameter: the proxy rewrites the
+/// Bind's names from its first bytes and streams the parameter, twice, so the second
+/// Bind may run on the other server (where the statement is prepared again first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_bind_of_a_named_statement_is_not_buffered_whole() {
+    let env = EnvBuilder::erp().start().await;
+    let (proxy, other) = proxy_with_a_client(&env).await;
+    let client = proxy.connect("acme").await;
+    let statement = client
+        .prepare("SELECT length($1::bytea)::int8")
+        .await
+        .unwrap();
+    let size = 128usize << 20;
+    let param = vec![7u8; size];
+    let watch = Watch::start(&proxy);
+    for _ in 0..2 {
+        let row = client.query_one(&statement, &[&param]).await.unwrap();
+        assert_eq!(row.get::<_, i64>(0), size as i64);
+        assert_eq!(items(&other).await, ACME_ITEMS);
+    }
+    let grown = watch.peak_growth();
+    assert!(
+        grown < LIMIT_KIB,
+        "peak RSS grew by {:.1} MiB relaying a {} MiB parameter",
+        mib(grown),
+        size >> 20
+    );
+}

@@ -550,6 +550,9 @@ async fn statements_survive(sql: &str, want: Option<&str>) {
     let mut problems = prepare_on_both_servers(&a, &b, PLUS_ONE).await;
     let dropper = env.connect("app", "acme").await;
     let got = dropper.simple_query(sql).await.err();
+    // It leaves, so that however the proxy takes the command (it may even pin the
+    // client) both servers are free for the others below.
+    drop(dropper);
     let got_code = got
         .as_ref()
         .and_then(|e| e.as_db_error())
@@ -596,8 +599,13 @@ async fn deallocate_all_by_the_extended_protocol_never_breaks_other_clients() {
     if let Err(e) = dropper.execute("DEALLOCATE ALL", &[]).await {
         problems.push(format!("DEALLOCATE ALL: {}", describe(&e)));
     }
+    // It leaves, so both servers are free for the others below however the proxy
+    // took the command; another comes back for the loops.
+    drop(dropper);
+    tokio::time::sleep(Duration::from_millis(300)).await;
     problems.extend(prepare_on_both_servers(&a, &b, PLUS_ONE).await);
     // And again in the middle of the others' loops.
+    let dropper = env.connect("app", "acme").await;
     let drops = async {
         let mut problems = Vec::new();
         for _ in 0..10 {
@@ -777,11 +785,12 @@ async fn a_do_block_cannot_plant_a_statement_for_another_client() {
             .get::<_, String>(0),
         "victim"
     );
-    let attacker = env.connect("app", "acme").await;
-    attacker.batch_execute("BEGIN").await.unwrap();
+    let mut attacker = Some(env.connect("app", "acme").await);
+    let attacker_client = attacker.as_ref().unwrap();
+    attacker_client.batch_execute("BEGIN").await.unwrap();
     // On the server the victim used last (the pool hands out the last one released).
     let names = column(
-        &attacker,
+        attacker_client,
         &format!(
             "SELECT name FROM pg_prepared_statements WHERE statement = '{}'",
             sql.replace('\'', "''")
@@ -789,7 +798,7 @@ async fn a_do_block_cannot_plant_a_statement_for_another_client() {
     )
     .await;
     for name in &names {
-        attacker
+        attacker_client
             .batch_execute(&format!(
                 "DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; \
                  EXECUTE 'PREPARE {name} AS SELECT ''attacker''::text AS who'; END $$"
@@ -797,16 +806,13 @@ async fn a_do_block_cannot_plant_a_statement_for_another_client() {
             .await
             .unwrap();
     }
-    attacker.batch_execute("COMMIT").await.unwrap();
-    // The DO block pinned the attacker to the server it tampered with; when it
-    // leaves, that server is reset before anyone else gets it.
-    drop(attacker);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let others = Others::connect(&env, "acme").await;
+    attacker_client.batch_execute("COMMIT").await.unwrap();
+    // While the attacker stays (its server is then its own) and after it left.
     let mut problems = Vec::new();
-    for round in 0..6 {
-        if round % 2 == 1 {
-            others.hold().await;
+    for round in 0..8 {
+        if round == 4 {
+            drop(attacker.take());
+            tokio::time::sleep(Duration::from_millis(300)).await;
         }
         match victim.query_one(&statement, &[]).await {
             Ok(row) if row.get::<_, String>(0) == "victim" => {}
@@ -815,9 +821,6 @@ async fn a_do_block_cannot_plant_a_statement_for_another_client() {
                 row.get::<_, String>(0)
             )),
             Err(e) => problems.push(format!("round {round}: {}", describe(&e))),
-        }
-        if round % 2 == 1 {
-            others.release().await;
         }
     }
     assert_none(problems);

@@ -36,8 +36,9 @@ impl Note {
             .as_ref()
             .and_then(|e| e.first().cloned())
             .unwrap_or_default();
-        (read.setting.is_some() || effect != Effect::None).then(|| Note {
-            setting: read.setting.clone(),
+        let setting = read.settings.first();
+        (setting.is_some() || effect != Effect::None).then(|| Note {
+            setting: setting.cloned(),
             effect,
         })
     }

@@ -45,6 +45,71 @@ impl StartupMessage {
     pub fn needs_negotiation(&self) -> bool {
         self.minor > SUPPORTED_MINOR || !self.protocol_options.is_empty()
     }
+
+    /// Why the proxy cannot serve what this startup asks for, if it cannot: a
+    /// replication connection, or `options` other than the settings it carries to
+    /// server connections (`-c name=value`, `--name=value`). Served as an ordinary
+    /// session instead, such a client would silently get something else.
+    pub fn unsupported(&self) -> Option<String> {
+        for (name, value) in &self.params {
+            if name == "replication" && !is_false(value) {
+                return Some(format!(
+                    "replication connections (replication={value}) are not supported by \
+                     pgtenant; connect to the PostgreSQL server directly"
+                ));
+            }
+            if name == "options" {
+                if let Some(word) = unsupported_option(value) {
+                    return Some(format!(
+                        "startup option \"{word}\" is not supported by pgtenant; options may \
+                         only set parameters (-c name=value or --name=value)"
+                    ));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// The server's boolean spellings of false (`replication=false` is a normal session).
+fn is_false(value: &str) -> bool {
+    let value = value.trim().to_ascii_lowercase();
+    matches!(value.as_str(), "0" | "n" | "no" | "of" | "off")
+        || (!value.is_empty() && "false".starts_with(&value))
+}
+
+/// The first word of an `options` value that is not part of a parameter setting.
+/// Words are split as the server splits them: on whitespace, `\\` escaping.
+fn unsupported_option(options: &str) -> Option<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => word.extend(chars.next()),
+            c if c.is_whitespace() => {
+                words.extend((!word.is_empty()).then(|| std::mem::take(&mut word)))
+            }
+            c => word.push(c),
+        }
+    }
+    words.extend((!word.is_empty()).then_some(word));
+    let mut words = words.into_iter();
+    while let Some(word) = words.next() {
+        let setting = match word.as_str() {
+            "-c" => words.next(),
+            _ => word
+                .strip_prefix("-c")
+                .or_else(|| word.strip_prefix("--"))
+                .map(str::to_string),
+        };
+        // `name=value` with a name: anything else is not a setting.
+        let is_setting = setting.is_some_and(|s| s.find('=').is_some_and(|at| at > 0));
+        if !is_setting {
+            return Some(word);
+        }
+    }
+    None
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,6 +281,47 @@ mod tests {
             parse_startup(&mut packet(3 << 16, b"user\0app\0\0junk")),
             Err(StartupError::Malformed(_))
         ));
+    }
+
+    fn startup(params: &[(&str, &str)]) -> StartupMessage {
+        StartupMessage {
+            minor: 0,
+            params: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            protocol_options: vec![],
+        }
+    }
+
+    #[test]
+    fn replication_is_not_served() {
+        for off in ["false", "0", "off", "no", "F", "fal"] {
+            assert_eq!(
+                startup(&[("replication", off)]).unsupported(),
+                None,
+                "{off}"
+            );
+        }
+        for on in ["database", "true", "on", "1", "yes"] {
+            let why = startup(&[("replication", on)]).unsupported().unwrap();
+            assert!(why.contains(&format!("replication={on}")), "{why}");
+        }
+    }
+
+    #[test]
+    fn only_settings_in_options() {
+        let ok = "-c statement_timeout=5s --work-mem=8MB -capplication_name=a\\ b";
+        assert_eq!(startup(&[("options", ok)]).unsupported(), None);
+        for (options, word) in [
+            ("-d 5", "-d"),
+            ("-c foo", "-c"),
+            ("--x", "--x"),
+            ("-c =1", "-c"),
+        ] {
+            let why = startup(&[("options", options)]).unsupported().unwrap();
+            assert!(why.contains(&format!("\"{word}\"")), "{options}: {why}");
+        }
     }
 
     #[test]

@@ -50,6 +50,9 @@ pub enum HandshakeError {
     TooManyUnauthenticated(IpAddr),
     #[error("TLS handshake failed: {0}")]
     Tls(std::io::Error),
+    /// The startup asks for something a pooled session cannot give (replication).
+    #[error("{0}")]
+    Unsupported(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -170,7 +173,12 @@ where
     let mut requests = 0;
     loop {
         match parse_startup(buf)? {
-            Some(StartupPacket::Startup(msg)) => return Ok(Packet::Startup(msg)),
+            Some(StartupPacket::Startup(msg)) => {
+                return match msg.unsupported() {
+                    Some(why) => Err(HandshakeError::Unsupported(why)),
+                    None => Ok(Packet::Startup(msg)),
+                }
+            }
             Some(StartupPacket::Cancel(key)) => return Ok(Packet::Cancel(key)),
             Some(request @ (StartupPacket::SslRequest | StartupPacket::GssEncRequest)) => {
                 // A client may ask for SSL and then GSS; more than that is a loop.

@@ -38,6 +38,7 @@ impl From<&HandshakeError> for Refusal {
         let code = match e {
             HandshakeError::TlsRequired => sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
             HandshakeError::TooManyUnauthenticated(_) => sqlstate::TOO_MANY_CONNECTIONS,
+            HandshakeError::Unsupported(_) => sqlstate::FEATURE_NOT_SUPPORTED,
             _ => sqlstate::PROTOCOL_VIOLATION,
         };
         Refusal::new(code, e.to_string())

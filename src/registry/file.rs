@@ -11,6 +11,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use super::{
     Host, HostName, Registry, Snapshot, Tenant, TenantName, User, RESERVED_DATABASES, TEMPLATE_KEY,
+    TENANT_PLACEHOLDER,
 };
 use crate::auth::Verifier;
 use crate::config::{PoolMode, Problem};
@@ -119,7 +120,10 @@ pub fn parse_with(
         if !valid_address(&raw_host.address) {
             problem(
                 format!("{key}.address"),
-                format!("\"{}\" is not host:port", raw_host.address),
+                format!(
+                    "\"{}\" is not host:port (such as \"127.0.0.1:5432\" or \"db.example.com:5432\")",
+                    raw_host.address
+                ),
             );
         }
         let max_connections = raw_host.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
@@ -200,6 +204,21 @@ pub fn parse_with(
         if raw_tenant.backend_user.as_deref() == Some("") {
             problem(format!("{key}.backend_user"), "must not be empty".into());
         }
+        let filled = [("database", Some(&raw_tenant.database))]
+            .into_iter()
+            .chain(
+                raw_tenant
+                    .search_path
+                    .iter()
+                    .map(|s| ("search_path", Some(s))),
+            )
+            .chain([("backend_user", raw_tenant.backend_user.as_ref())]);
+        for (field, value) in filled {
+            if let Some(message) = value.and_then(|v| placeholder_problem(v, name == TEMPLATE_KEY))
+            {
+                problem(format!("{key}.{field}"), message);
+            }
+        }
         if name == TEMPLATE_KEY {
             // A template serves names it has never seen: it must not let a client pick
             // the role, nor lead to a maintenance database.
@@ -279,11 +298,44 @@ pub fn parse_with(
     }
 }
 
+/// `host:port`: a host name, an IPv4 address or a bracketed IPv6 address, and a port.
+/// A URL (`postgres://…`) is not an address.
 fn valid_address(address: &str) -> bool {
-    match address.rsplit_once(':') {
-        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
-        None => false,
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return false;
+    };
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(ipv6) => ipv6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+        }
+    };
+    host_ok && port.parse::<u16>().is_ok_and(|p| p > 0)
+}
+
+/// `{tenant}` is the one placeholder, and only the template entry fills it in.
+fn placeholder_problem(value: &str, template: bool) -> Option<String> {
+    let mut rest = value;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open..];
+        let end = after.find('}').map_or(after.len(), |i| i + 1);
+        let placeholder = &after[..end];
+        if placeholder != TENANT_PLACEHOLDER {
+            return Some(format!(
+                "unknown placeholder \"{placeholder}\" in \"{value}\"; the only placeholder is {TENANT_PLACEHOLDER}"
+            ));
+        }
+        if !template {
+            return Some(format!(
+                "{TENANT_PLACEHOLDER} is filled in only in the template entry [tenants.\"*\"]"
+            ));
+        }
+        rest = &after[end..];
     }
+    None
 }
 
 fn fingerprint(path: &Path) -> Option<(SystemTime, u64)> {
@@ -387,6 +439,51 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("tenants.\"acme\".database"), "{err}");
+    }
+
+    #[test]
+    fn addresses_are_host_and_port() {
+        for good in [
+            "127.0.0.1:5432",
+            "db-1.example.com:6432",
+            "[::1]:5432",
+            "pg_a:1",
+        ] {
+            assert!(valid_address(good), "{good}");
+        }
+        for bad in [
+            "postgres://127.0.0.1:5432",
+            "127.0.0.1",
+            ":5432",
+            "h:0",
+            "::1:5432",
+            "a b:1",
+        ] {
+            assert!(!valid_address(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn placeholders_are_known_and_only_in_the_template() {
+        let text = r#"
+            [hosts.a]
+            address = "127.0.0.1:5432"
+            [tenants."*"]
+            host = "a"
+            database = "{tenat}"
+            search_path = ["tenant_{tenant}", "x_{Tenant}"]
+            backend_user = "{tenant}_app"
+            [tenants.acme]
+            host = "a"
+            database = "{tenant}"
+        "#;
+        let err = parse(text, "t.toml").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "t.toml: tenants.\"*\".database: unknown placeholder \"{tenat}\" in \"{tenat}\"; the only placeholder is {tenant}\n\
+             t.toml: tenants.\"*\".search_path: unknown placeholder \"{Tenant}\" in \"x_{Tenant}\"; the only placeholder is {tenant}\n\
+             t.toml: tenants.\"acme\".database: {tenant} is filled in only in the template entry [tenants.\"*\"]"
+        );
     }
 
     #[test]

@@ -99,7 +99,7 @@ pub struct Tenant {
 
 /// The part of the template entry `[tenants."*"]` that is filled in per tenant.
 pub const TEMPLATE_KEY: &str = "*";
-const TENANT_PLACEHOLDER: &str = "{tenant}";
+pub const TENANT_PLACEHOLDER: &str = "{tenant}";
 
 /// Databases no template entry serves: the maintenance databases and the admin
 /// console's name. A client must not reach them by naming a tenant after them.
@@ -191,6 +191,15 @@ impl Snapshot {
 
     pub fn hosts(&self) -> impl Iterator<Item = &Arc<Host>> {
         self.hosts.values()
+    }
+
+    /// The listed tenants (not the template entry), in no particular order.
+    pub fn tenants(&self) -> impl Iterator<Item = &Arc<Tenant>> {
+        self.tenants.values()
+    }
+
+    pub fn template(&self) -> Option<&Tenant> {
+        self.template.as_ref()
     }
 }
 

@@ -4,10 +4,10 @@
 //! - `pin`: the query makes session state the proxy cannot carry to another server
 //!   (LISTEN, SQL PREPARE, WITH HOLD cursors, temporary objects, session advisory
 //!   locks, a changed role, `set_config(…, false)`, DO blocks, LOAD, a SET it cannot
-//!   read exactly, a SET among other statements). The client keeps its server.
-//! - `setting`: the query is one session-level SET/RESET/DISCARD ALL the proxy can
-//!   re-apply on the client's next server (it replays the statement itself, comments
-//!   stripped, so the value means exactly what the server made of it).
+//!   read exactly, a SET beside BEGIN/COMMIT in one query). The client keeps its server.
+//! - `settings`: session-level SET/RESET/DISCARD ALL the proxy can re-apply on the
+//!   client's next server (it replays the statement itself, comments stripped, so
+//!   the value means exactly what the server made of it).
 //! - `effects`: statements that drop prepared statements (DEALLOCATE, DISCARD ALL),
 //!   one entry per statement, applied when that statement's CommandComplete arrives.
 //!
@@ -81,7 +81,8 @@ pub enum Effect {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Classified {
     pub pin: Option<Pin>,
-    pub setting: Option<SettingChange>,
+    /// Session settings the query changes, in order (none when it pins).
+    pub settings: Vec<SettingChange>,
     /// One per statement, in order; `None` when no statement has an effect.
     pub effects: Option<Vec<Effect>>,
 }
@@ -89,7 +90,7 @@ pub struct Classified {
 impl Classified {
     /// Nothing to note: the query cannot change what the proxy tracks.
     pub fn is_plain(&self) -> bool {
-        self.pin.is_none() && self.setting.is_none() && self.effects.is_none()
+        self.pin.is_none() && self.settings.is_empty() && self.effects.is_none()
     }
 }
 
@@ -101,9 +102,49 @@ const ADVISORY_LOCKS: &[&str] = &[
     "pg_try_advisory_lock_shared",
 ];
 
+/// Words one of which every query that matters contains, in any case: SET, RESET,
+/// set_config, DISCARD, DEALLOCATE, PREPARE, LISTEN, HOLD, TEMP, pg_temp, advisory
+/// locks, LOAD, DO, and `U&` (whose escapes could spell any of them). A query with
+/// none of them is plain without being lexed: the usual SELECT, INSERT or UPDATE
+/// costs one pass over its bytes and no allocation.
+const NEEDLES: &[&[u8]] = &[
+    b"set",
+    b"discard",
+    b"deallocate",
+    b"prepare",
+    b"listen",
+    b"hold",
+    b"temp",
+    b"advisory",
+    b"load",
+    b"do",
+    b"u&",
+];
+
+fn may_matter(sql: &[u8]) -> bool {
+    for (i, &c) in sql.iter().enumerate() {
+        let c = c.to_ascii_lowercase();
+        if !matches!(c, b's' | b'd' | b'p' | b'l' | b'h' | b't' | b'a' | b'u') {
+            continue;
+        }
+        let rest = &sql[i..];
+        if NEEDLES.iter().any(|needle| {
+            needle[0] == c
+                && rest.len() >= needle.len()
+                && rest[..needle.len()].eq_ignore_ascii_case(needle)
+        }) {
+            return true;
+        }
+    }
+    false
+}
+
 /// Classifies a query (one or more statements). `standard_strings`: the session's
 /// `standard_conforming_strings`.
 pub fn classify(sql: &[u8], standard_strings: bool) -> Classified {
+    if !may_matter(sql) {
+        return Classified::default();
+    }
     let mut lexer = Lexer::new(sql, standard_strings);
     let first = classify_tokens(&mut lexer);
     if !lexer.saw_backslash || !standard_strings {
@@ -123,64 +164,69 @@ pub fn classify(sql: &[u8], standard_strings: bool) -> Classified {
     }
 }
 
-/// Statement state while scanning.
-#[derive(Default)]
-struct Statement<'a> {
-    tokens: Vec<Token<'a>>,
-}
-
 fn classify_tokens(lexer: &mut Lexer<'_>) -> Classified {
-    let mut result = Classified::default();
     let mut effects: Vec<Effect> = Vec::new();
+    let mut settings = Vec::new();
     let mut statements = 0usize;
-    let mut session_set = false;
-    let mut statement = Statement::default();
+    let mut transaction_control = false;
     let mut pin = None;
-    let mut finish = |statement: &mut Statement<'_>,
-                      pin: &mut Option<Pin>,
-                      setting: &mut Option<SettingChange>| {
-        if statement.tokens.is_empty() {
+    let mut tokens: Vec<Token<'_>> = Vec::new();
+    let mut finish = |tokens: &mut Vec<Token<'_>>, pin: &mut Option<Pin>| {
+        if tokens.is_empty() {
             return;
         }
         statements += 1;
-        let read = read_statement(&statement.tokens);
+        transaction_control |= TRANSACTION_CONTROL.iter().any(|k| tokens[0].is(k));
+        let read = read_statement(tokens);
         if pin.is_none() {
             *pin = read.pin;
         }
-        if let Some(change) = read.setting {
-            session_set = true;
-            *setting = Some(change);
-        }
+        settings.extend(read.setting);
         effects.push(read.effect);
-        statement.tokens.clear();
+        tokens.clear();
     };
-    let mut setting = None;
     for token in lexer.by_ref() {
         match token.kind {
             Kind::Unterminated => {
                 pin.get_or_insert(Pin::Unreadable);
             }
             Kind::Punct if token.text == b";" => {
-                finish(&mut statement, &mut pin, &mut setting);
+                finish(&mut tokens, &mut pin);
                 continue;
             }
             _ => {}
         }
-        statement.tokens.push(token);
+        tokens.push(token);
     }
-    finish(&mut statement, &mut pin, &mut setting);
-    if session_set && statements > 1 {
+    finish(&mut tokens, &mut pin);
+    // Several statements of one query run as one implicit transaction: all or
+    // nothing, so their settings hold together if the query succeeds. With BEGIN,
+    // COMMIT and the like among them, some may hold without the others: pinned.
+    if !settings.is_empty() && statements > 1 && transaction_control {
         pin.get_or_insert(Pin::SettingInBatch);
     }
-    result.pin = pin;
-    if result.pin.is_none() && statements == 1 {
-        result.setting = setting;
+    Classified {
+        pin,
+        settings: if pin.is_none() { settings } else { Vec::new() },
+        effects: effects
+            .iter()
+            .any(|e| *e != Effect::None)
+            .then_some(effects),
     }
-    if effects.iter().any(|e| *e != Effect::None) {
-        result.effects = Some(effects);
-    }
-    result
 }
+
+/// Statements that end or start a transaction inside a query of several.
+const TRANSACTION_CONTROL: &[&str] = &[
+    "begin",
+    "start",
+    "commit",
+    "end",
+    "rollback",
+    "abort",
+    "savepoint",
+    "release",
+    "prepare",
+];
 
 #[derive(Default)]
 struct Read {
@@ -203,18 +249,13 @@ fn read_statement(tokens: &[Token<'_>]) -> Read {
     }
     let first = tokens[0];
     let second = tokens.get(1);
-    if first.is("set") {
-        return match read_set(&tokens[1..]) {
-            SetForm::Nothing => Read::default(),
-            SetForm::Pin(pin) => pinned(pin),
-            SetForm::Change(change) => Read {
-                setting: Some(change),
-                ..Read::default()
-            },
-        };
-    }
-    if first.is("reset") {
-        return match read_reset(&tokens[1..]) {
+    let form = match first {
+        t if t.is("set") => Some(read_set(&tokens[1..])),
+        t if t.is("reset") => Some(read_reset(&tokens[1..])),
+        _ => None,
+    };
+    if let Some(form) = form {
+        return match form {
             SetForm::Nothing => Read::default(),
             SetForm::Pin(pin) => pinned(pin),
             SetForm::Change(change) => Read {
@@ -280,7 +321,8 @@ fn scan_calls_and_temp(tokens: &[Token<'_>]) -> Option<Pin> {
             Kind::Word => token.text.to_ascii_lowercase(),
             Kind::QuotedIdent => match identifier(token) {
                 Some(name) => name,
-                None => continue,
+                // U&"…": its escapes could name any function.
+                None => return Some(Pin::Unreadable),
             },
             _ => continue,
         };

@@ -39,11 +39,22 @@ fn session_features_pin() {
         ("select set_config('a.b', 'c')", Pin::SetConfig),
         ("DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$", Pin::Do),
         ("LOAD 'auto_explain'", Pin::Load),
-        ("select 'unterminated", Pin::Unreadable),
-        ("select 1 /* open", Pin::Unreadable),
+        ("select 'unterminated set", Pin::Unreadable),
+        ("select set_config /* open", Pin::Unreadable),
+        (
+            "select U&\"\\0073et_config\"('a', 'b', false)",
+            Pin::Unreadable,
+        ),
     ] {
         assert_eq!(pin(sql), Some(expected), "{sql}");
     }
+}
+
+#[test]
+fn text_with_no_word_that_matters_is_plain_unread() {
+    // Whatever its quotes mean, none of its tokens can be a keyword that matters.
+    assert!(of("select 'unterminated").is_plain());
+    assert!(of("select 1 /* open").is_plain());
 }
 
 #[test]
@@ -96,42 +107,54 @@ fn role_changes_pin_in_any_spelling() {
 #[test]
 fn settings_are_replayed_as_written_without_comments() {
     assert_eq!(
-        of("SET statement_timeout = 5000 -- five seconds").setting,
+        of("SET statement_timeout = 5000 -- five seconds")
+            .settings
+            .first()
+            .cloned(),
         set("statement_timeout", "SET statement_timeout = 5000")
     );
     assert_eq!(
-        of("SET statement_timeout = E'7s'").setting,
+        of("SET statement_timeout = E'7s'")
+            .settings
+            .first()
+            .cloned(),
         set("statement_timeout", "SET statement_timeout = E'7s'")
     );
     assert_eq!(
-        of("set SESSION Statement_Timeout TO /* c */ $$9s$$;").setting,
+        of("set SESSION Statement_Timeout TO /* c */ $$9s$$;")
+            .settings
+            .first()
+            .cloned(),
         set("statement_timeout", "SET Statement_Timeout TO $$9s$$")
     );
     assert_eq!(
-        of("SET search_path TO 'tenant_globex', 'public'").setting,
+        of("SET search_path TO 'tenant_globex', 'public'")
+            .settings
+            .first()
+            .cloned(),
         set(
             "search_path",
             "SET search_path TO 'tenant_globex' , 'public'"
         )
     );
     assert_eq!(
-        of("SET \"MyApp\".flag = -1").setting,
+        of("SET \"MyApp\".flag = -1").settings.first().cloned(),
         set("myapp.flag", "SET \"MyApp\" . flag = - 1")
     );
     assert_eq!(
-        of("SET SCHEMA 'tenant_acme'").setting,
+        of("SET SCHEMA 'tenant_acme'").settings.first().cloned(),
         set("search_path", "SET SCHEMA 'tenant_acme'")
     );
     assert_eq!(
-        of("SET work_mem TO DEFAULT").setting,
+        of("SET work_mem TO DEFAULT").settings.first().cloned(),
         Some(SettingChange::Reset("work_mem".into()))
     );
     assert_eq!(
-        of("RESET work_mem").setting,
+        of("RESET work_mem").settings.first().cloned(),
         Some(SettingChange::Reset("work_mem".into()))
     );
-    assert_eq!(of("RESET ALL").setting, Some(SettingChange::ResetAll));
-    assert_eq!(of("discard all").setting, Some(SettingChange::ResetAll));
+    assert_eq!(of("RESET ALL").settings, vec![SettingChange::ResetAll]);
+    assert_eq!(of("discard all").settings, vec![SettingChange::ResetAll]);
 }
 
 #[test]
@@ -151,9 +174,16 @@ fn settings_the_proxy_cannot_read_pin() {
         assert!(pin(sql).is_some(), "{sql}");
     }
     assert_eq!(
-        pin("SET a = 1; select 1"),
+        pin("BEGIN; SET a = 1; COMMIT"),
         Some(Pin::SettingInBatch),
-        "a SET among other statements"
+        "a SET that may hold without the rest of its query"
+    );
+    // One implicit transaction: all of it holds, or none.
+    assert_eq!(pin("SET a = 1; select 1"), None);
+    assert_eq!(
+        of("SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;").settings,
+        vec![SettingChange::ResetAll],
+        "asyncpg's reset"
     );
 }
 
@@ -174,6 +204,7 @@ fn statement_effects_follow_statement_order() {
     assert_eq!(of("DISCARD ALL").effects, Some(vec![Effect::DiscardAll]));
     assert_eq!(of("DISCARD PLANS").effects, None);
     assert!(of("select 1").is_plain());
+    assert!(of("SELECT abalance FROM pgbench_accounts WHERE aid = $1").is_plain());
 }
 
 #[test]
@@ -207,11 +238,13 @@ proptest! {
         let sql = parts.concat();
         let read = classify(sql.as_bytes(), true);
         // A SET is followed only when it is the whole query and fully read.
-        if let Some(SettingChange::Set(_, statement)) = &read.setting {
+        for change in &read.settings {
             prop_assert!(read.pin.is_none());
-            prop_assert!(statement.starts_with("SET "));
-            // Replaying it reads the same again.
-            prop_assert_eq!(&classify(statement.as_bytes(), true).setting, &read.setting);
+            if let SettingChange::Set(_, statement) = change {
+                prop_assert!(statement.starts_with("SET "));
+                // Replaying it reads the same again.
+                prop_assert_eq!(&classify(statement.as_bytes(), true).settings, &vec![change.clone()]);
+            }
         }
     }
 

@@ -26,12 +26,28 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 START = "<!-- driver-matrix:start -->"
 END = "<!-- driver-matrix:end -->"
 
-DRIVERS = ["psycopg3", "psycopg2", "asyncpg", "node-postgres", "jdbc", "tokio-postgres", "sqlx", "psql"]
+DRIVERS = [
+    "psycopg3",
+    "psycopg2",
+    "asyncpg",
+    "node-postgres",
+    "jdbc",
+    "tokio-postgres",
+    "sqlx",
+    "psql",
+    "ruby-pg",
+    "activerecord",
+    "pdo-pgsql",
+    "php-pgsql",
+    "dbd-pg",
+    "pgx",
+]
 MODES = ["session", "transaction"]
 FEATURES = [
     ("connect", "Connect with the tenant as database name"),
     ("isolation", "Tenant isolation by unqualified names"),
     ("prepared", "Prepared statement reused 1,000× while servers switch"),
+    ("prepare_again", "Prepared statement dropped the driver's way (DEALLOCATE), prepared again, 20×"),
     ("pipeline", "Pipeline mode"),
     ("batch", "Batch inserts (prepareThreshold=1)"),
     ("startup_params", "Startup parameters (extra_float_digits, …) across switches"),

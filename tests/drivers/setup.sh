@@ -7,7 +7,14 @@
 #   tests/drivers/setup.sh java     /usr/share/java/postgresql.jar (Debian's
 #                                   libpostgresql-jdbc-java) and the compiled test in
 #                                   target/drivers/java
-#   tests/drivers/setup.sh all      all three
+#   tests/drivers/setup.sh ruby     Debian's ruby-pg and ruby-activerecord
+#   tests/drivers/setup.sh php      Debian's php-cli and php-pgsql (PDO pgsql, pgsql)
+#   tests/drivers/setup.sh perl     Debian's libdbd-pg-perl (DBI, DBD::Pg)
+#   tests/drivers/setup.sh go       Debian's golang-go and golang-github-jackc-pgx-v4-dev;
+#                                   pgx_checks.go + pgx_common.go built offline
+#                                   (GOPATH mode) into
+#                                   target/drivers/go
+#   tests/drivers/setup.sh all      all of them
 #
 # Exits non-zero with a message naming what is missing when an install fails (no
 # network, no apt-get, ...): the driver tests fail on that, they do not skip.
@@ -109,14 +116,69 @@ setup_java() {
     echo "$sum" >"$classes/.source-sum"
 }
 
+setup_ruby() {
+    lock ruby
+    ruby -e 'require "pg"; require "active_record"' 2>/dev/null && return 0
+    apt_install ruby ruby-pg ruby-activerecord
+    ruby -e 'require "pg"; require "active_record"' || die "pg / active_record do not load after installing them"
+}
+
+setup_php() {
+    lock php
+    local probe='exit(extension_loaded("pdo_pgsql") && extension_loaded("pgsql") && function_exists("pcntl_fork") ? 0 : 1);'
+    php -r "$probe" 2>/dev/null && return 0
+    apt_install php-cli php-pgsql
+    php -r "$probe" || die "php has no pdo_pgsql, pgsql or pcntl after installing php-cli and php-pgsql"
+}
+
+setup_perl() {
+    lock perl
+    perl -MDBD::Pg -MJSON::PP -e1 2>/dev/null && return 0
+    apt_install libdbd-pg-perl
+    perl -MDBD::Pg -MJSON::PP -e1 || die "DBD::Pg does not load after installing libdbd-pg-perl"
+}
+
+# pgx from Debian's source package, in GOPATH mode: no module download, no proxy.
+setup_go() {
+    lock go
+    local gopath=/usr/share/gocode
+    if ! command -v go >/dev/null 2>&1 || [ ! -d "$gopath/src/github.com/jackc/pgx/v4" ]; then
+        apt_install golang-go golang-github-jackc-pgx-v4-dev
+    fi
+    [ -d "$gopath/src/github.com/jackc/pgx/v4" ] || die "pgx v4 not in $gopath after installing golang-github-jackc-pgx-v4-dev"
+    local dir="$out/go"
+    local src=("$here/pgx_checks.go" "$here/pgx_common.go")
+    local version
+    version=$(dpkg-query -W -f='${Version}' golang-github-jackc-pgx-v4-dev 2>/dev/null || echo '?')
+    # Rebuilt when the source or pgx changes (by content, not by date).
+    local sum
+    sum=$( (cat "${src[@]}"; echo "$version") | sha256sum | cut -d' ' -f1)
+    if [ -x "$dir/pgx_checks" ] && [ "$(cat "$dir/.source-sum" 2>/dev/null)" = "$sum" ]; then
+        return 0
+    fi
+    mkdir -p "$dir"
+    (cd "$dir" && env GO111MODULE=off GOPATH="$gopath" GOFLAGS= GOPROXY=off GOTOOLCHAIN=local \
+        GOCACHE="$dir/cache" go build -ldflags "-X main.pgxVersion=$version" -o pgx_checks "${src[@]}") \
+        || die "go build ${src[*]} failed"
+    echo "$sum" >"$dir/.source-sum"
+}
+
 case "${1:-all}" in
     python) setup_python ;;
     node) setup_node ;;
     java) setup_java ;;
+    ruby) setup_ruby ;;
+    php) setup_php ;;
+    perl) setup_perl ;;
+    go) setup_go ;;
     all)
         setup_python
         setup_node
         setup_java
+        setup_ruby
+        setup_php
+        setup_perl
+        setup_go
         ;;
-    *) die "unknown argument '${1}' (python | node | java | all)" ;;
+    *) die "unknown argument '${1}' (python | node | java | ruby | php | perl | go | all)" ;;
 esac

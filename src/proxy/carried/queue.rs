@@ -29,7 +29,7 @@ pub struct TooManyStatements(pub usize);
 /// statement what it does to prepared statements, applied at its CommandComplete.
 #[derive(Debug, Default)]
 struct QueryNote {
-    setting: Option<SettingChange>,
+    settings: Vec<SettingChange>,
     effects: Vec<Effect>,
     completed: usize,
     /// The client's own statement name a translated DEALLOCATE drops.
@@ -38,11 +38,11 @@ struct QueryNote {
 
 impl QueryNote {
     fn of(read: &Classified) -> Option<Box<QueryNote>> {
-        if read.setting.is_none() && read.effects.is_none() {
+        if read.settings.is_empty() && read.effects.is_none() {
             return None;
         }
         Some(Box::new(QueryNote {
-            setting: read.setting.clone(),
+            settings: read.settings.clone(),
             effects: read.effects.clone().unwrap_or_default(),
             ..QueryNote::default()
         }))
@@ -376,6 +376,40 @@ impl Txn {
         Ok(())
     }
 
+    /// The start of a Bind of one of the client's named statements too large to hold
+    /// (`frame`: its first bytes, `len`: its whole length): pushes what the server gets
+    /// in place of the client's header and names, with the server's statement name;
+    /// the parameters then pass as they arrive. Returns how many bytes of the
+    /// client's frame that replaces; `None` when the statement is not the client's
+    /// (the frame then passes as it is, for the server to refuse).
+    pub fn rewrite_bind_start(
+        &mut self,
+        frame: &[u8],
+        len: usize,
+        server: &mut PreparedCache,
+        out: &mut Vec<Bytes>,
+    ) -> Option<usize> {
+        let body = frame.get(5..)?;
+        let (portal, rest) = read_cstr(body)?;
+        let (name, _) = read_cstr(rest)?;
+        let statement = self.statements.get(name).cloned()?;
+        let replaced = 5 + portal.len() + 1 + name.len() + 1;
+        let head = portal.len() + 1 + statement.name.len() + 1;
+        let body_len = u32::try_from(len - replaced + head + 4).ok()?;
+        self.ensure_prepared(server, &statement, out);
+        self.follow.bound(portal, statement.note.clone());
+        let mut start = BytesMut::with_capacity(5 + head);
+        start.put_u8(b'B');
+        start.put_u32(body_len);
+        start.put_slice(portal);
+        start.put_u8(0);
+        start.put_slice(statement.name.as_bytes());
+        start.put_u8(0);
+        out.push(start.freeze());
+        self.queue.push_back(Expect::Bind);
+        Some(replaced)
+    }
+
     /// Bind, Describe or Close of a named statement.
     fn rewrite_use(
         &mut self,
@@ -551,7 +585,7 @@ impl Txn {
                             note: Some(note),
                             failed: false,
                         } => {
-                            if let Some(change) = note.setting {
+                            for change in note.settings {
                                 self.follow.ran(change);
                             }
                             break;

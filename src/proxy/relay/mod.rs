@@ -12,26 +12,26 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
-use super::cancel::CancelHandle;
-use super::carried::queue::{Txn, Verdict};
-use super::carried::settings::{follow_setting, set_setting};
-use super::carried::{disposition, Carried, Disposition};
-use super::end::End;
-use super::outbox::Outbox;
-use super::resolve::{ResolveError, Resolved};
-use super::wait::{read_some, Event, Wanted};
+mod client_side;
+mod server_side;
+
 use crate::app::{App, ClientId};
-use crate::backend::CLIENT_PARAMETERS;
 use crate::config::PoolMode;
 use crate::pool::{PoolHandle, PooledConn};
-use crate::protocol::frame::{frame_len, read_cstr, HEADER_LEN};
-use crate::protocol::messages::parse_parameter_status;
+use crate::protocol::frame::frame_len;
+use crate::proxy::cancel::CancelHandle;
+use crate::proxy::carried::queue::Txn;
+use crate::proxy::carried::{disposition, Carried, Disposition};
+use crate::proxy::end::End;
+use crate::proxy::outbox::Outbox;
+use crate::proxy::resolve::{ResolveError, Resolved};
+use crate::proxy::wait::{read_some, Event, Wanted};
 use crate::registry::Snapshot;
-use crate::sql::{self, classify};
+use crate::sql;
 
 pub struct Session<'a> {
     pub app: &'a App,
@@ -272,306 +272,6 @@ impl<'a> Session<'a> {
             .map_err(|_| End::ClientGone)
     }
 
-    /// Moves every whole client frame towards the server, attaching one first in
-    /// transaction mode.
-    async fn forward_client_frames(&mut self) -> Result<(), End> {
-        let bound = self.app.settings.proxy.relay_buffer;
-        let max = self.max_message();
-        let transaction_mode = self.mode == PoolMode::Transaction;
-        let mut ready = 0;
-        loop {
-            if self.client_stream > 0 {
-                // The rest of a frame too large to hold: it passes as it arrives.
-                let n = self.client_stream.min(self.client_in.len());
-                if n == 0 {
-                    break;
-                }
-                self.to_server.push(self.client_in.split_to(n).freeze());
-                self.client_stream -= n;
-                if self.client_stream > 0 || self.to_server.len() >= bound {
-                    break;
-                }
-                continue;
-            }
-            let rest = &self.client_in[ready..];
-            let len = match frame_len(rest, max).map_err(End::ClientProtocol)? {
-                Some(len) if rest.len() >= len => len,
-                Some(len) if len > bound && ready == 0 => {
-                    Box::pin(self.start_client_stream(len)).await?;
-                    break;
-                }
-                _ => break,
-            };
-            let tag = rest[0];
-            if tag == b'X' {
-                return Err(End::ClientLeft);
-            }
-            // What a query or statement does to the session, read once per message.
-            let read = match (transaction_mode, tag) {
-                (true, b'Q' | b'P') => {
-                    Some(classify(parsed_sql(tag, &rest[HEADER_LEN..len]), true))
-                }
-                _ => None,
-            };
-            if self.server.is_none() {
-                // Between transactions a named Parse, a bare Sync and a DEALLOCATE of
-                // the client's own statement are answered without a server, so
-                // preparing never waits for a pool slot.
-                let pool = self.current_pool()?;
-                let body = &self.client_in[HEADER_LEN..len];
-                if self.pinned.is_none()
-                    && read.as_ref().is_none_or(|r| r.pin.is_none())
-                    && self
-                        .txn
-                        .answer_detached(tag, body, read.as_ref(), pool.statements())
-                        .map_err(|e| End::TooManyStatements(e.0))?
-                {
-                    self.client_in.advance(len);
-                    self.push_answers();
-                    if self.to_client.len() >= bound {
-                        break;
-                    }
-                    continue;
-                }
-                match self.app.pools.try_checkout(&pool) {
-                    // The usual case, done without awaiting anything.
-                    Some(server) if server.get().params_match(&self.settings) => {
-                        self.attach(server)
-                    }
-                    ready => Box::pin(self.checkout_and_attach(pool, ready)).await?,
-                }
-            }
-            if transaction_mode {
-                let body = &self.client_in[ready + HEADER_LEN..ready + len];
-                let conn = self.server.as_mut().expect("attached above").conn();
-                if let Some(pin) = read.as_ref().and_then(|r| r.pin) {
-                    if self.pinned.is_none() {
-                        tracing::info!(client = %self.id, tenant = %self.resolved.tenant.name, user = %self.resolved.user, reason = pin.reason(), "client pinned to its server connection");
-                        self.pinned = Some(pin);
-                    }
-                }
-                let mut out = Vec::new();
-                let handled = match (tag, read.as_ref()) {
-                    (b'Q', Some(read)) => {
-                        self.txn
-                            .deallocate(read, Some((&mut conn.prepared, conn.status)), &mut out)
-                    }
-                    _ if Txn::needs_rewrite(tag, body) => {
-                        let (_, pool) = self.pool.as_ref().expect("checked out from it");
-                        self.txn
-                            .rewrite(tag, body, &mut conn.prepared, pool.statements(), &mut out)
-                            .map_err(|e| End::TooManyStatements(e.0))?;
-                        true
-                    }
-                    _ => false,
-                };
-                if handled {
-                    if ready > 0 {
-                        self.to_server.push(self.client_in.split_to(ready).freeze());
-                        ready = 0;
-                    }
-                    self.client_in.advance(len);
-                    for bytes in out {
-                        self.to_server.push(bytes);
-                    }
-                    continue;
-                }
-            }
-            self.txn.forwarded(
-                tag,
-                &self.client_in[ready + HEADER_LEN..ready + len],
-                read.as_ref(),
-            );
-            ready += len;
-            if self.to_server.len() + ready >= bound {
-                break;
-            }
-        }
-        if ready > 0 {
-            self.to_server.push(self.client_in.split_to(ready).freeze());
-        }
-        self.push_answers();
-        Ok(())
-    }
-
-    /// Starts passing a client frame of `len` bytes, larger than `relay_buffer`, to the
-    /// server as it arrives instead of holding it whole, when the proxy need not
-    /// rewrite it: COPY data, function calls, and queries, unnamed Parses and Binds
-    /// of unnamed statements. In transaction mode a query or Parse the proxy cannot
-    /// read pins its client. Anything else waits until it is whole (bounded by
-    /// `max_message_size`).
-    async fn start_client_stream(&mut self, len: usize) -> Result<(), End> {
-        let transaction_mode = self.mode == PoolMode::Transaction;
-        let tag = self.client_in[0];
-        let body = &self.client_in[HEADER_LEN..];
-        let streams = match tag {
-            b'd' | b'F' => true,
-            _ if !transaction_mode => matches!(tag, b'Q' | b'P' | b'B'),
-            b'Q' => true,
-            b'P' => body.first() == Some(&0),
-            b'B' => read_cstr(body)
-                .and_then(|(_, rest)| read_cstr(rest))
-                .is_some_and(|(statement, _)| statement.is_empty()),
-            _ => false,
-        };
-        if !streams {
-            return Ok(());
-        }
-        if self.server.is_none() {
-            let pool = self.current_pool()?;
-            let ready = self.app.pools.try_checkout(&pool);
-            self.checkout_and_attach(pool, ready).await?;
-        }
-        if transaction_mode && matches!(tag, b'Q' | b'P') && self.pinned.is_none() {
-            tracing::info!(client = %self.id, tenant = %self.resolved.tenant.name, user = %self.resolved.user, reason = sql::Pin::TooLarge.reason(), "client pinned to its server connection");
-            self.pinned = Some(sql::Pin::TooLarge);
-        }
-        let available = self.client_in.len();
-        self.txn
-            .forwarded(tag, &self.client_in[HEADER_LEN..available], None);
-        self.to_server
-            .push(self.client_in.split_to(available).freeze());
-        self.client_stream = len - available;
-        Ok(())
-    }
-
-    /// Answers the proxy gives itself (ParseComplete, CloseComplete) once their turn
-    /// has come.
-    fn push_answers(&mut self) {
-        let mut answers = Vec::new();
-        self.txn.take_answers(&mut answers);
-        for bytes in answers {
-            self.to_client.push(bytes);
-        }
-    }
-
-    /// Moves every whole server frame towards the client, noting ReadyForQuery and
-    /// ParameterStatus; in transaction mode gives the server back when it is idle.
-    fn forward_server_frames(&mut self) -> Result<(), End> {
-        let bound = self.app.settings.proxy.relay_buffer;
-        let max = self.max_message();
-        let release_when_idle = self.mode == PoolMode::Transaction && self.pinned.is_none();
-        let Some(server) = self.server.as_mut() else {
-            return Ok(());
-        };
-        let conn = server.conn();
-        let mut ready = 0;
-        let mut idle = false;
-        loop {
-            if self.server_stream > 0 {
-                let n = self.server_stream.min(conn.buf.len());
-                if n == 0 {
-                    break;
-                }
-                self.to_client.push(conn.buf.split_to(n).freeze());
-                self.server_stream -= n;
-                if self.server_stream > 0 || self.to_client.len() >= bound {
-                    break;
-                }
-                continue;
-            }
-            let rest = &conn.buf[ready..];
-            let len = match frame_len(rest, max).map_err(End::ServerProtocol)? {
-                Some(len) if rest.len() >= len => len,
-                // A row or COPY data too large to hold passes as it arrives, header
-                // first: the proxy never needs to look inside them.
-                Some(len) if len > bound && matches!(rest[0], b'D' | b'd') => {
-                    if ready > 0 {
-                        self.to_client.push(conn.buf.split_to(ready).freeze());
-                        ready = 0;
-                    }
-                    let mut answers = Vec::new();
-                    self.txn.take_answers(&mut answers);
-                    for bytes in answers {
-                        self.to_client.push(bytes);
-                    }
-                    let available = conn.buf.len();
-                    self.to_client.push(conn.buf.split_to(available).freeze());
-                    self.server_stream = len - available;
-                    break;
-                }
-                _ => break,
-            };
-            let tag = rest[0];
-            match tag {
-                b'Z' => conn.status = rest.get(HEADER_LEN).copied().unwrap_or(b'I'),
-                b'S' => {
-                    if let Some((name, value)) = parse_parameter_status(&rest[HEADER_LEN..len]) {
-                        if CLIENT_PARAMETERS.contains(&name) {
-                            set_setting(&mut self.settings, name, value);
-                        }
-                        // Whoever changed the session's role (a function can), the
-                        // server now carries it: it stays with this client.
-                        if matches!(name, "session_authorization" | "is_superuser")
-                            && conn.params().get(name).is_some_and(|v| v != value)
-                            && self.pinned.is_none()
-                        {
-                            tracing::info!(client = %self.id, tenant = %self.resolved.tenant.name, parameter = name, "client pinned to its server connection: its role changed");
-                            self.pinned = Some(sql::Pin::Role);
-                        }
-                        let (name, value) = (name.to_string(), value.to_string());
-                        conn.note_parameter(&name, &value);
-                    }
-                }
-                _ => {}
-            }
-            let mut answers = Vec::new();
-            self.txn.take_answers(&mut answers);
-            let verdict = self.txn.received(
-                tag,
-                &conn.buf[ready + HEADER_LEN..ready + len],
-                &mut conn.prepared,
-            );
-            if tag == b'E' && self.txn.take_out_of_step() {
-                tracing::warn!(client = %self.id, tenant = %self.resolved.tenant.name, "server's prepared statements differ from the proxy's record; it will be closed after this transaction");
-                conn.out_of_step = true;
-            }
-            if tag == b'Z' {
-                // Changes whose transaction committed hold for the rest of the
-                // session: they follow the client.
-                for change in self.txn.take_committed_settings() {
-                    follow_setting(&mut self.settings, conn, change);
-                }
-            }
-            if !answers.is_empty() || verdict == Verdict::Swallow {
-                if ready > 0 {
-                    self.to_client.push(conn.buf.split_to(ready).freeze());
-                    ready = 0;
-                }
-                for bytes in answers {
-                    self.to_client.push(bytes);
-                }
-            }
-            if verdict == Verdict::Swallow {
-                conn.buf.advance(len);
-                continue;
-            }
-            ready += len;
-            if tag == b'Z'
-                && release_when_idle
-                && self.pinned.is_none()
-                && self.txn.is_idle()
-                && conn.status == b'I'
-            {
-                idle = true;
-                break;
-            }
-            if self.to_client.len() + ready >= bound {
-                break;
-            }
-        }
-        if ready > 0 {
-            self.to_client.push(conn.buf.split_to(ready).freeze());
-        }
-        self.push_answers();
-        // Anything after the last ReadyForQuery (an async notice) keeps it attached.
-        let conn = self.server.as_mut().expect("attached").conn();
-        if idle && conn.buf.is_empty() && self.to_server.is_empty() {
-            self.detach();
-        }
-        Ok(())
-    }
-
     /// Transaction mode: a server for the next transaction, carrying this client's
     /// settings: `ready` if the pool had one idle, else one checked out now.
     async fn checkout_and_attach(
@@ -686,17 +386,5 @@ fn has_frame(buf: &[u8], max: usize) -> bool {
         Ok(Some(len)) => buf.len() >= len,
         Ok(None) => false,
         Err(_) => true,
-    }
-}
-
-/// The SQL text of a Query or Parse body (empty for other messages).
-fn parsed_sql(tag: u8, body: &[u8]) -> &[u8] {
-    match tag {
-        b'Q' => read_cstr(body).map(|(sql, _)| sql).unwrap_or(body),
-        b'P' => read_cstr(body)
-            .and_then(|(_, rest)| read_cstr(rest))
-            .map(|(sql, _)| sql)
-            .unwrap_or_default(),
-        _ => &[],
     }
 }
