@@ -103,7 +103,7 @@ pub fn parse_with(
 ) -> Result<Snapshot, RegistryFileError> {
     let raw: RawFile = toml::from_str(text).map_err(|e| RegistryFileError::Parse {
         file: file.to_string(),
-        message: e.to_string().trim_end().to_string(),
+        message: parse_message(&e, text),
     })?;
     let mut problems = Vec::new();
     let mut problem = |key: String, message: String| {
@@ -300,6 +300,21 @@ pub fn parse_with(
 
 /// `host:port`: a host name, an IPv4 address or a bracketed IPv6 address, and a port.
 /// A URL (`postgres://…`) is not an address.
+/// Where and what, without the quoted line the TOML error would show: that line may
+/// hold a password, and this message goes to the log and to `check`.
+fn parse_message(e: &toml::de::Error, text: &str) -> String {
+    let message = e.message().trim_end();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message.to_string(),
+    }
+}
+
 fn valid_address(address: &str) -> bool {
     let Some((host, port)) = address.rsplit_once(':') else {
         return false;
@@ -484,6 +499,14 @@ mod tests {
              t.toml: tenants.\"*\".search_path: unknown placeholder \"{Tenant}\" in \"x_{Tenant}\"; the only placeholder is {tenant}\n\
              t.toml: tenants.\"acme\".database: {tenant} is filled in only in the template entry [tenants.\"*\"]"
         );
+    }
+
+    #[test]
+    fn a_syntax_error_does_not_quote_the_line() {
+        let text = "[tenants.acme]\nhost = \"a\"\nbackend_password = \"hunter2\n";
+        let err = parse(text, "t.toml").unwrap_err().to_string();
+        assert!(err.starts_with("t.toml: line 3, column "), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     #[test]
