@@ -921,3 +921,66 @@ async fn an_empty_reset_query_never_hands_a_role_to_the_next_client() {
         assert_eq!(value(&next, "SELECT current_user::text").await, "app");
     }
 }
+
+/// A function the client may call runs any SQL unseen, here preparing, on the server
+/// the proxy's record says lacks it, a statement under the server-side name of
+/// another client's statement with other text. When that client's statement is
+/// prepared there, it must still run its own text (and not fail with 42P05).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_cannot_plant_a_statement_under_a_proxy_name() {
+    let env = txn_env()
+        .seed(
+            "erp",
+            "CREATE FUNCTION public.plant(name text) RETURNS void LANGUAGE plpgsql AS $$ \
+             BEGIN EXECUTE format('PREPARE %I AS SELECT %L::text AS who', name, 'attacker'); END $$; \
+             GRANT EXECUTE ON FUNCTION public.plant(text) TO PUBLIC;",
+        )
+        .start()
+        .await;
+    let victim = env.connect("app", "acme").await;
+    let holder = env.connect("app", "acme").await;
+    let attacker = env.connect("app", "acme").await;
+    let sql = "SELECT 'victim'::text AS who";
+    let statement = victim.prepare(sql).await.unwrap();
+    async fn run(client: &Client, statement: &tokio_postgres::Statement) -> Result<String, String> {
+        client
+            .query_one(statement, &[])
+            .await
+            .map(|row| row.get::<_, String>(0))
+            .map_err(|e| describe(&e))
+    }
+    assert_eq!(run(&victim, &statement).await.as_deref(), Ok("victim"));
+    // The victim's server was released last, so it is handed out next: read the
+    // name there, then hold it so the attacker runs on the other server.
+    let name = value(
+        &attacker,
+        &format!(
+            "SELECT name FROM pg_prepared_statements WHERE statement = '{}'",
+            sql.replace('\'', "''")
+        ),
+    )
+    .await;
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let planted_on = value(&attacker, "SELECT pg_backend_pid()::text").await;
+    attacker
+        .simple_query(&format!("SELECT public.plant('{name}')"))
+        .await
+        .expect("the function plants the statement");
+    // With the holder still on the other server, the victim runs where it was planted.
+    let mut problems = Vec::new();
+    for round in 0..4 {
+        let pid = value(&victim, "SELECT pg_backend_pid()::text").await;
+        match run(&victim, &statement).await {
+            Ok(who) if who == "victim" => {}
+            Ok(who) => problems.push(format!("round {round} on {pid}: ran as {who:?}")),
+            Err(e) => problems.push(format!("round {round} on {pid}: {e}")),
+        }
+        if pid != planted_on {
+            problems.push(format!(
+                "round {round}: ran on {pid}, not on the server the statement was planted on ({planted_on})"
+            ));
+        }
+    }
+    holder.batch_execute("COMMIT").await.unwrap();
+    assert_none(problems);
+}

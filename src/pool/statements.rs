@@ -1,9 +1,10 @@
 //! The named statements of one pool as its servers know them: each distinct text (and
 //! parameter types) gets a server-side name once, shared by the pool's clients.
 //!
-//! Names are per pool and unguessable (`pgtenant_<random>_<n>`): a client cannot tell
-//! from `pg_prepared_statements` what another pool prepared, nor make in advance a
-//! statement the proxy will later bind under a name it chose. The table keeps a
+//! Names are unguessable (`pgtenant_<random>_<n>`, random per statement): a client
+//! cannot tell from `pg_prepared_statements` what another pool prepared, nor make in
+//! advance a statement under a name the proxy will choose. (Should one be there
+//! anyway, the proxy closes a name before preparing under it.) The table keeps a
 //! statement only while a client or a server record holds it (weak references,
 //! swept as the table grows), so its memory follows what is in use.
 
@@ -56,7 +57,6 @@ pub struct Statement {
 const FIRST_SWEEP: usize = 1024;
 
 pub struct Statements {
-    prefix: String,
     inner: Mutex<Table>,
 }
 
@@ -69,7 +69,6 @@ struct Table {
 impl Default for Statements {
     fn default() -> Self {
         Statements {
-            prefix: format!("pgtenant_{:016x}_", rand::random::<u64>()),
             inner: Mutex::new(Table {
                 by_text: HashMap::new(),
                 next: 0,
@@ -90,7 +89,11 @@ impl Statements {
             table.by_text.retain(|_, s| s.strong_count() > 0);
             table.sweep_at = (table.by_text.len() * 2).max(FIRST_SWEEP);
         }
-        let name: Arc<str> = format!("{}{}", self.prefix, table.next).into();
+        // Random per statement, so no name can be told in advance (a sequence per
+        // pool would let a client predict the next one); the count keeps names of
+        // one table distinct whatever the random part.
+        let name: Arc<str> =
+            format!("pgtenant_{:016x}_{}", rand::random::<u64>(), table.next).into();
         table.next += 1;
         let parse = messages::build(|buf| {
             messages::message(buf, b'P', |b| {

@@ -66,6 +66,8 @@ enum Expect {
     Close {
         evicted: Option<Arc<str>>,
     },
+    /// The proxy closed a name before preparing under it; nobody is answered.
+    Clear,
     Sync,
     /// A simple query; a session-level SET/RESET in it follows the client if the
     /// query succeeds (`failed` notes an ErrorResponse).
@@ -504,6 +506,15 @@ impl Txn {
                 evicted: Some(evicted),
             });
         }
+        // The name is freed first (Close of a name the server lacks is no error):
+        // whatever the server holds under it, the Parse never fails with 42P05 and
+        // the statement is the proxy's text.
+        out.push(frame(b'C', |b| {
+            b.put_u8(b'S');
+            b.put_slice(statement.name.as_bytes());
+            b.put_u8(0);
+        }));
+        self.queue.push_back(Expect::Clear);
         out.push(statement.parse.clone());
         self.queue.push_back(Expect::Parse {
             swallow: client.is_none(),
@@ -527,12 +538,13 @@ impl Txn {
         let verdict = match (tag, self.queue.front()) {
             (b'1', Some(Expect::Parse { swallow, .. })) => swallowed(*swallow),
             (b'3', Some(Expect::Close { evicted })) => swallowed(evicted.is_some()),
+            (b'3', Some(Expect::Clear)) => Verdict::Swallow,
             _ => Verdict::Forward,
         };
         match tag {
             b'1' => self.pop_if(|e| matches!(e, Expect::Parse { .. })),
             b'2' => self.pop_if(|e| matches!(e, Expect::Bind)),
-            b'3' => self.pop_if(|e| matches!(e, Expect::Close { .. })),
+            b'3' => self.pop_if(|e| matches!(e, Expect::Close { .. } | Expect::Clear)),
             b'T' | b'n' => self.pop_if(|e| matches!(e, Expect::Describe)),
             b'C' | b'I' | b's' => {
                 self.copy = CopyIn::None;
@@ -794,9 +806,11 @@ mod tests {
             b'P',
             &parse("s1", "SELECT 1"),
         );
-        assert_eq!(tags(&out), b"P");
+        assert_eq!(tags(&out), b"CP", "the name is freed first");
         let name = server_name(&statements, "SELECT 1");
-        assert!(out[0][5..].starts_with(name.as_bytes()));
+        assert!(out[0][6..].starts_with(name.as_bytes()));
+        assert!(out[1][5..].starts_with(name.as_bytes()));
+        assert_eq!(txn.received(b'3', &[], &mut cache), Verdict::Swallow);
         assert_eq!(txn.received(b'1', &[], &mut cache), Verdict::Forward);
 
         // The same text under another client name: answered without the server.
@@ -823,13 +837,14 @@ mod tests {
             b'P',
             &parse("s1", "SELECT $1"),
         );
+        txn.received(b'3', &[], &mut first_server);
         txn.received(b'1', &[], &mut first_server);
 
         let mut second_server = PreparedCache::new(10);
         let out = send(&mut txn, &mut second_server, &statements, b'B', &bind("s1"));
-        assert_eq!(tags(&out), b"PB");
+        assert_eq!(tags(&out), b"CPB");
         let name = server_name(&statements, "SELECT $1");
-        assert!(out[1][6..].starts_with(name.as_bytes()), "Bind is renamed");
+        assert!(out[2][6..].starts_with(name.as_bytes()), "Bind is renamed");
         send(
             &mut txn,
             &mut second_server,
@@ -838,6 +853,10 @@ mod tests {
             b"\0\0\0\0\0",
         );
         send(&mut txn, &mut second_server, &statements, b'S', b"");
+        assert_eq!(
+            txn.received(b'3', &[], &mut second_server),
+            Verdict::Swallow
+        );
         assert_eq!(
             txn.received(b'1', &[], &mut second_server),
             Verdict::Swallow
@@ -869,6 +888,7 @@ mod tests {
             b'P',
             &parse("s1", "SELECT 1"),
         );
+        txn.received(b'3', &[], &mut cache);
         txn.received(b'1', &[], &mut cache);
         // Bind (unnamed) then a Parse the server already has, then Sync.
         send(&mut txn, &mut cache, &statements, b'B', &bind(""));
@@ -935,6 +955,7 @@ mod tests {
             b'P',
             &parse("s1", "SELECT 1"),
         );
+        txn.received(b'3', &[], &mut cache);
         txn.received(b'1', &[], &mut cache);
         let out = send(&mut txn, &mut cache, &statements, b'C', &named(b'S', "s1"));
         assert!(out.is_empty());
@@ -955,6 +976,7 @@ mod tests {
             b'P',
             &parse("a", "SELECT 1"),
         );
+        txn.received(b'3', &[], &mut cache);
         txn.received(b'1', &[], &mut cache);
         let out = send(
             &mut txn,
@@ -963,7 +985,12 @@ mod tests {
             b'P',
             &parse("b", "SELECT 2"),
         );
-        assert_eq!(tags(&out), b"CP");
+        assert_eq!(
+            tags(&out),
+            b"CCP",
+            "the evicted one, then the new name freed"
+        );
+        assert_eq!(txn.received(b'3', &[], &mut cache), Verdict::Swallow);
         assert_eq!(txn.received(b'3', &[], &mut cache), Verdict::Swallow);
         assert_eq!(txn.received(b'1', &[], &mut cache), Verdict::Forward);
         assert!(txn.is_idle());
@@ -1030,6 +1057,6 @@ mod tests {
         // The statement is made at first use.
         let mut cache = PreparedCache::new(10);
         let out = send(&mut txn, &mut cache, &statements, b'B', &bind("s1"));
-        assert_eq!(tags(&out), b"PB");
+        assert_eq!(tags(&out), b"CPB");
     }
 }
