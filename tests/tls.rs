@@ -249,7 +249,8 @@ async fn certificates_reload_on_sighup_under_live_connections() {
     }
 }
 
-/// The server accepts `app` only over TLS; the proxy reaches it with verify-full.
+/// The server accepts `app` only over TLS, with a certificate for `db.internal` from
+/// a CA made here; each `hosts.*.tls` mode is held to what it promises.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_reaches_servers_over_verified_tls() {
     let opts = pgtenant::cluster::ClusterOptions {
@@ -264,7 +265,7 @@ async fn the_proxy_reaches_servers_over_verified_tls() {
     let env = EnvBuilder::erp_with(opts).start().await;
     // The server's certificate goes into its data directory, owned by its user.
     let data_dir = env.host(ERP_HOST).data_dir().to_path_buf();
-    let (_, cert, key) = ca.write(&data_dir, "server", &["127.0.0.1"]);
+    let (_, cert, key) = ca.write(&data_dir, "server", &["db.internal"]);
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(&data_dir).unwrap();
     for path in [&cert, &key] {
@@ -286,53 +287,75 @@ async fn the_proxy_reaches_servers_over_verified_tls() {
     let wrong_file = env.dir.path().join("wrong-ca.pem");
     std::fs::write(&wrong_file, wrong.pem()).unwrap();
 
-    let registry = |mode: &str, ca: &std::path::Path| {
-        ERP_REGISTRY.replace(
+    let env = &env;
+    let host_lines = |lines: String| {
+        env.write_registry(&ERP_REGISTRY.replace(
             "max_connections = 50",
-            &format!(
-                "max_connections = 50\ntls = \"{mode}\"\ntls_ca_file = {:?}",
-                ca.display().to_string()
-            ),
-        )
+            &format!("max_connections = 50\n{lines}"),
+        ))
     };
-    env.write_registry(&registry("verify-full", &ca_file));
-    let client = eventually(std::time::Duration::from_secs(10), || async {
-        let client = env.try_connect("app", "acme").await.ok()?;
-        let ssl: bool = client
-            .query_one(
-                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-                &[],
-            )
-            .await
-            .ok()?
-            .get(0);
-        ssl.then_some(client)
-    })
-    .await
-    .expect("served over TLS with verify-full");
-    assert_eq!(items(&client).await, ACME_ITEMS);
+    let ca_line =
+        |path: &std::path::Path| format!("tls_ca_file = {:?}", path.display().to_string());
+    let served_over_tls = || async {
+        eventually(std::time::Duration::from_secs(10), || async {
+            let client = env.try_connect("app", "acme").await.ok()?;
+            let ssl: bool = client
+                .query_one(
+                    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .ok()?
+                .get(0);
+            ssl.then_some(client)
+        })
+        .await
+    };
+    let refused_with = |needle: &'static str| async move {
+        eventually(std::time::Duration::from_secs(10), || async {
+            let e = env.try_connect("app", "acme").await.err()?;
+            describe(&e).contains(needle).then_some(e)
+        })
+        .await
+    };
 
-    // Without TLS the server refuses the role; with an unknown CA the proxy refuses
-    // the server.
-    env.write_registry(&registry("disable", &ca_file));
-    let refused = eventually(std::time::Duration::from_secs(10), || async {
-        env.try_connect("app", "globex").await.err()
-    })
-    .await
-    .unwrap();
-    assert!(
-        describe(&refused).contains("pg_hba.conf"),
-        "{}",
-        describe(&refused)
+    // verify-full against the name the certificate holds.
+    let named = format!(
+        "tls = \"verify-full\"\n{}\ntls_server_name = \"db.internal\"",
+        ca_line(&ca_file)
     );
-    env.write_registry(&registry("verify-full", &wrong_file));
-    let refused = eventually(std::time::Duration::from_secs(10), || async {
-        let e = env.try_connect("app", "globex").await.err()?;
-        describe(&e).contains("TLS").then_some(e)
-    })
-    .await
-    .expect("an unknown CA is refused");
+    host_lines(named);
+    let client = served_over_tls().await.expect("served with verify-full");
+    assert_eq!(items(&client).await, ACME_ITEMS);
+    drop(client);
+
+    // verify-full against the address (127.0.0.1), which the certificate does not
+    // name: refused. verify-ca does not check the name: served.
+    host_lines(format!("tls = \"verify-full\"\n{}", ca_line(&ca_file)));
+    let refused = refused_with("TLS")
+        .await
+        .expect("verify-full checks the name");
     assert_eq!(refused.as_db_error().unwrap().code().code(), "08001");
+    host_lines(format!("tls = \"verify-ca\"\n{}", ca_line(&ca_file)));
+    assert!(
+        served_over_tls().await.is_some(),
+        "verify-ca checks the chain only"
+    );
+
+    // A certificate from an unknown CA: refused by verify-ca, accepted by require.
+    host_lines(format!("tls = \"verify-ca\"\n{}", ca_line(&wrong_file)));
+    let refused = refused_with("TLS").await.expect("an unknown CA is refused");
+    assert_eq!(refused.as_db_error().unwrap().code().code(), "08001");
+    host_lines("tls = \"require\"".into());
+    assert!(
+        served_over_tls().await.is_some(),
+        "require encrypts without checking"
+    );
+
+    // Without TLS the server refuses the role.
+    host_lines("tls = \"disable\"".into());
+    let refused = refused_with("pg_hba.conf").await;
+    assert!(refused.is_some(), "a plain connection reached the server");
 }
 
 /// TLS clients reach the relay through a socket pair: in transaction mode they park
