@@ -102,6 +102,10 @@ fi
 if ! have_tool psql || ! have_tool pgbench; then
     apt_install postgresql postgresql-client postgresql-contrib
 fi
+step "checking for headless Chromium (the status page test)"
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+    apt_install chromium
+fi
 if [ -n "${PG_BIN:-}" ]; then
     echo "PG_BIN=$PG_BIN"
 else

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::config::Settings;
+use crate::metrics::Metrics;
 use crate::pool::Pools;
 use crate::proxy::cancel::Cancels;
 use crate::proxy::park::Lot;
@@ -45,6 +46,10 @@ pub struct App {
     pub passthrough: VerifierCache,
     /// Salts the fake SCRAM exchange of unknown users: stable per name, unguessable.
     pub auth_secret: [u8; 32],
+    /// Per tenant figures and connected clients (the pools count into the same).
+    pub metrics: Arc<Metrics>,
+    /// Turns true when the admin console asked the proxy to stop (SHUTDOWN).
+    pub stop_requested: tokio::sync::watch::Sender<bool>,
 }
 
 impl App {
@@ -61,7 +66,10 @@ impl App {
             settings.pool.clone(),
             settings.proxy.max_message_size,
         ));
+        let metrics = pools.metrics.clone();
         Arc::new(App {
+            metrics,
+            stop_requested: tokio::sync::watch::Sender::new(false),
             registry,
             pools,
             cancels: Arc::default(),

@@ -71,9 +71,46 @@ pub struct Settings {
     pub proxy: ProxySettings,
     pub pool: PoolSettings,
     pub registry: RegistrySettings,
+    pub admin: AdminSettings,
     pub tls: TlsSettings,
     pub passthrough: PassthroughSettings,
     pub secrets: SecretSettings,
+}
+
+/// The admin console, the HTTP listener (metrics, health, status page) and PAUSE.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Address of the HTTP listener; none: no HTTP.
+    pub http_listen: Option<String>,
+    /// When set, every HTTP request but /healthz needs `Authorization: Bearer <token>`.
+    pub http_token: Option<String>,
+    /// The database name that reaches the admin console instead of a tenant.
+    pub console_database: String,
+    /// Client user names allowed into the console.
+    pub users: Vec<String>,
+    /// With `trust`, the console is reachable only from loopback unless this is set.
+    pub console_trust_remote: bool,
+    /// How long PAUSE waits for the tenant's servers to come back.
+    #[serde(with = "humantime_serde")]
+    pub pause_timeout: Duration,
+    /// Tenants labelled one by one in /metrics; the least active beyond this are
+    /// summed under `tenant="_other"`.
+    pub metrics_max_tenants: usize,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        AdminSettings {
+            http_listen: None,
+            http_token: None,
+            console_database: "pgtenant".into(),
+            users: vec!["pgtenant".into()],
+            console_trust_remote: false,
+            pause_timeout: Duration::from_secs(10),
+            metrics_max_tenants: 1000,
+        }
+    }
 }
 
 /// `[tls]`: TLS towards clients.
@@ -140,6 +177,15 @@ pub struct ProxySettings {
     pub auth_timeout: Duration,
     /// Connections from one address that may be in startup or authentication at once.
     pub max_unauthenticated_per_address: usize,
+    /// Clients one tenant may have connected at once; 0: only `max_client_conn`.
+    pub max_client_conn_per_tenant: usize,
+    /// A client idle (no transaction open) this long is closed; zero: never.
+    #[serde(with = "humantime_serde")]
+    pub client_idle_timeout: Duration,
+    /// A client idle inside a transaction this long is closed, its transaction rolled
+    /// back and its server released; zero: never.
+    #[serde(with = "humantime_serde")]
+    pub idle_in_transaction_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -196,6 +242,9 @@ impl Default for ProxySettings {
             park_after: Duration::from_secs(1),
             auth_timeout: Duration::from_secs(10),
             max_unauthenticated_per_address: 100,
+            max_client_conn_per_tenant: 0,
+            client_idle_timeout: Duration::ZERO,
+            idle_in_transaction_timeout: Duration::ZERO,
         }
     }
 }
@@ -381,6 +430,29 @@ impl Settings {
                 "must not be empty in transaction mode: a client pinned to its server (SET ROLE, LISTEN, temporary tables…) leaves session state that only the reset clears (the default is \"DISCARD ALL\")".into(),
             );
         }
+        if let Some(listen) = &self.admin.http_listen {
+            if listen.parse::<SocketAddr>().is_err() {
+                problem(
+                    "admin.http_listen",
+                    format!("\"{listen}\" is not an IP address and port"),
+                );
+            }
+        }
+        if self.admin.http_token.as_deref() == Some("") {
+            problem(
+                "admin.http_token",
+                "must not be empty (leave it out for no token)".into(),
+            );
+        }
+        if self.admin.console_database.is_empty() {
+            problem("admin.console_database", "must not be empty".into());
+        }
+        if self.admin.metrics_max_tenants == 0 {
+            problem("admin.metrics_max_tenants", "must be at least 1".into());
+        }
+        if self.admin.pause_timeout.is_zero() {
+            problem("admin.pause_timeout", "must be longer than zero".into());
+        }
         match (&self.registry.file, &self.registry.url) {
             (None, None) => problem("registry", "set either file or url".into()),
             (Some(_), Some(_)) => problem("registry", "set file or url, not both".into()),
@@ -451,6 +523,31 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("proxy.listen"), "{text}");
         assert!(text.contains("proxy.tenant_from"), "{text}");
+    }
+
+    #[test]
+    fn admin_keys() {
+        let settings = Settings::from_toml(
+            r#"
+            [admin]
+            http_listen = "127.0.0.1:9930"
+            users = ["ops"]
+            pause_timeout = "2s"
+            [proxy]
+            max_client_conn_per_tenant = 5
+            idle_in_transaction_timeout = "30s"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(settings.admin.users, vec!["ops".to_string()]);
+        assert_eq!(settings.admin.console_database, "pgtenant");
+        assert_eq!(settings.admin.pause_timeout, Duration::from_secs(2));
+        assert_eq!(settings.proxy.max_client_conn_per_tenant, 5);
+        let err = Settings::from_toml("[admin]\nhttp_listen = \"x\"\nmetrics_max_tenants = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("admin.http_listen"), "{err}");
+        assert!(err.contains("admin.metrics_max_tenants"), "{err}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! multi-tenant application from its own pool, on its own host, with its own
 //! search_path. See DESIGN in the README for the path of one connection.
 
+pub mod admin;
 pub mod alloc;
 pub mod app;
 pub mod auth;
@@ -9,6 +10,7 @@ pub mod backend;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod metrics;
 pub mod pool;
 pub mod protocol;
 pub mod proxy;

@@ -149,12 +149,7 @@ enum SecretCommand {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PGTENANT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    init_logs();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config } => config_path(config).and_then(|path| {
@@ -230,6 +225,19 @@ fn config_path(arg: ConfigArg) -> anyhow::Result<PathBuf> {
         })
 }
 
+/// Logs to standard output: text (colours only on a terminal) or, with
+/// `PGTENANT_LOG_FORMAT=json`, one JSON object per line; `PGTENANT_LOG` filters.
+fn init_logs() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGTENANT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match std::env::var("PGTENANT_LOG_FORMAT").as_deref() {
+        Ok("json") => builder.json().with_current_span(false).init(),
+        _ => builder.with_ansi(std::io::stdout().is_terminal()).init(),
+    }
+}
+
 /// One worker: a single event loop, as PgBouncer runs; the cheapest per transaction
 /// when the proxy shares a few cores with PostgreSQL. More workers: a work-stealing
 /// pool of that many threads.
@@ -246,7 +254,10 @@ fn runtime(workers: usize) -> tokio::runtime::Runtime {
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let server = Server::start(settings).await.context("cannot start")?;
-    pgtenant::server::shutdown_signal().await;
+    tokio::select! {
+        _ = pgtenant::server::shutdown_signal() => {}
+        _ = server.stop_requested() => {}
+    }
     tracing::info!("shutting down");
     server.stop().await;
     Ok(())

@@ -34,6 +34,7 @@ pub enum StartError {
 
 pub struct Server {
     local_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     app: Arc<App>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -84,6 +85,16 @@ impl Server {
             Arc::downgrade(&app),
             app.shutdown.subscribe(),
         ));
+        crate::admin::limits::run_sweeper(Arc::downgrade(&app));
+        let http_addr = match &app.settings.admin.http_listen {
+            Some(address) => Some(crate::admin::http::start(&app, address).await.map_err(
+                |source| StartError::Bind {
+                    address: address.clone(),
+                    source,
+                },
+            )?),
+            None => None,
+        };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let task = tokio::spawn(crate::proxy::accept_loop(
             app.clone(),
@@ -93,6 +104,7 @@ impl Server {
         tracing::info!(%local_addr, "pgtenant listening");
         Ok(Server {
             local_addr,
+            http_addr,
             app,
             shutdown,
             task,
@@ -101,6 +113,17 @@ impl Server {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where the HTTP listener (`admin.http_listen`) is bound, if configured.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// Resolves when the admin console asked the proxy to stop (SHUTDOWN).
+    pub async fn stop_requested(&self) {
+        let mut asked = self.app.stop_requested.subscribe();
+        let _ = asked.wait_for(|asked| *asked).await;
     }
 
     pub fn app(&self) -> &Arc<App> {

@@ -13,7 +13,9 @@ pub(super) struct HostBudget {
     pub(super) address: String,
     /// How long a connection serves its tenant before a waiting tenant may have it.
     pub(super) turn: Duration,
-    max: usize,
+    pub(super) max: usize,
+    /// Server connections opened on this host, ever.
+    pub(super) opens: std::sync::atomic::AtomicU64,
     permits: Arc<Semaphore>,
     waiters: Mutex<VecDeque<oneshot::Sender<BudgetPermit>>>,
 }
@@ -39,6 +41,7 @@ impl HostBudget {
             address,
             turn,
             max,
+            opens: Default::default(),
             permits: Arc::new(Semaphore::new(max)),
             waiters: Mutex::new(VecDeque::new()),
         })

@@ -7,7 +7,9 @@
 
 mod budget;
 mod conn;
+pub mod gate;
 mod maintain;
+pub mod report;
 pub mod statements;
 mod tenant;
 
@@ -24,6 +26,7 @@ use tenant::TenantPool;
 
 use crate::backend::{self, BackendError, BackendTarget, Greeting, KeySlot};
 use crate::config::PoolSettings;
+use crate::metrics::Metrics;
 use crate::registry::{Host, Tenant, TenantName};
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +37,11 @@ pub enum PoolError {
     Timeout {
         tenant: TenantName,
         pool_size: usize,
+        waited: Duration,
+    },
+    #[error("tenant \"{tenant}\" is paused (waited {waited:?})")]
+    Paused {
+        tenant: TenantName,
         waited: Duration,
     },
     #[error("tenant \"{tenant}\": host {host} ({address}): {source}")]
@@ -80,6 +88,10 @@ pub struct Pools {
     upkeep: tokio::sync::Notify,
     /// By (address, role): the SCRAM keys passthrough clients proved for that role.
     keys: DashMap<(String, String), KeySlot>,
+    /// Per tenant: the pause gate, checked on every checkout.
+    pub gates: gate::Gates,
+    /// Per tenant figures, counted on checkout.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Pools {
@@ -92,6 +104,8 @@ impl Pools {
             greetings: DashMap::new(),
             upkeep: tokio::sync::Notify::new(),
             keys: DashMap::new(),
+            gates: gate::Gates::default(),
+            metrics: Arc::default(),
         }
     }
 
@@ -99,9 +113,13 @@ impl Pools {
     /// the common case of a transaction-mode client, served without a future.
     pub fn try_checkout(&self, handle: &PoolHandle) -> Option<PooledConn> {
         let pool = &handle.0;
+        if pool.gate.is_paused() {
+            return None;
+        }
         let slot = pool.slots.clone().try_acquire_owned().ok()?;
         while let Some(idle) = pool.take_idle() {
             if conn::is_alive(&idle.conn) {
+                pool.stats.checkout_wait.observe(Duration::ZERO);
                 return Some(PooledConn::new(idle.conn, idle.budget, slot, pool.clone()));
             }
             tracing::debug!(tenant = %pool.tenant, "dropping a server connection that died while idle");
@@ -112,9 +130,24 @@ impl Pools {
     /// A server connection for `tenant` as `user`: an idle one that is still alive, or
     /// a new one within the tenant's pool size and the host's budget.
     pub async fn checkout(&self, handle: &PoolHandle) -> Result<PooledConn, PoolError> {
-        let pool = &handle.0;
         let started = Instant::now();
+        let checked_out = self.checkout_inner(handle, started).await;
+        if checked_out.is_ok() {
+            handle.0.stats.checkout_wait.observe(started.elapsed());
+        }
+        checked_out
+    }
+
+    async fn checkout_inner(
+        &self,
+        handle: &PoolHandle,
+        started: Instant,
+    ) -> Result<PooledConn, PoolError> {
+        let pool = &handle.0;
         let deadline = started + self.settings.checkout_timeout;
+        if pool.gate.is_paused() {
+            gate::pass(&pool.gate, &pool.tenant, started, deadline).await?;
+        }
         let timeout = || PoolError::Timeout {
             tenant: pool.tenant.clone(),
             pool_size: pool.size,
@@ -180,6 +213,12 @@ impl Pools {
             self.max_message,
         ))
         .await
+        .map_err(|source| {
+            // The operator's view: which address, and what the system said (refused,
+            // timed out); the client is told less (`proxy::refusal`).
+            tracing::info!(tenant = %pool.tenant, host = %pool.host, address = %pool.target.address, error = %source, "cannot open a server connection");
+            source
+        })
         .map_err(|source| PoolError::Backend {
             tenant: pool.tenant.clone(),
             host: pool.host.to_string(),
@@ -256,6 +295,8 @@ impl Pools {
                 min_idle,
                 budget.clone(),
                 greeting.clone(),
+                self.gates.get(&tenant.name),
+                self.metrics.tenant(&tenant.name),
             )
         };
         let mut entry = self.pools.entry(key).or_insert_with(new_pool);

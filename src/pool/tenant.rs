@@ -48,9 +48,13 @@ pub(super) struct TenantPool {
     greeting: Arc<GreetingSlot>,
     /// Named statements of this pool's transaction-mode clients.
     pub(super) statements: super::statements::Statements,
+    /// The tenant's pause gate and figures (shared by all its pools).
+    pub(super) gate: Arc<super::gate::Gate>,
+    pub(super) stats: Arc<crate::metrics::TenantStats>,
 }
 
 impl TenantPool {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         tenant: TenantName,
         host: HostName,
@@ -59,6 +63,8 @@ impl TenantPool {
         min_idle: usize,
         budget: Arc<HostBudget>,
         greeting: Arc<GreetingSlot>,
+        gate: Arc<super::gate::Gate>,
+        stats: Arc<crate::metrics::TenantStats>,
     ) -> Arc<TenantPool> {
         Arc::new(TenantPool {
             tenant,
@@ -76,11 +82,14 @@ impl TenantPool {
             retired: AtomicBool::new(false),
             greeting,
             statements: Default::default(),
+            gate,
+            stats,
         })
     }
 
     /// Records what a freshly opened connection reported, for greeting clients.
     pub(super) fn opened(&self, conn: &ServerConn) {
+        self.budget.opens.fetch_add(1, Ordering::Relaxed);
         *self.greeting.lock().unwrap() = Some(Arc::new(conn.greeting()));
     }
 
@@ -136,6 +145,13 @@ impl TenantPool {
 
     pub(super) fn busy(&self) -> usize {
         self.size - self.slots.available_permits()
+    }
+
+    /// Each idle connection and since when it idles (for reports).
+    pub(super) fn each_idle(&self, mut f: impl FnMut(&ServerConn, Instant)) {
+        for idle in self.idle.lock().unwrap().iter() {
+            f(&idle.conn, idle.since);
+        }
     }
 
     pub(super) fn idle_count(&self) -> usize {

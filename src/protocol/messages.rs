@@ -201,6 +201,21 @@ pub fn parse_error_fields(mut body: &[u8]) -> ErrorFields {
     fields
 }
 
+/// The SQLSTATE field of an ErrorResponse body (empty when there is none), without
+/// decoding the rest.
+pub fn error_code(mut body: &[u8]) -> &[u8] {
+    while let Some((&kind, rest)) = body.split_first() {
+        let Some((value, rest)) = read_cstr(rest).filter(|_| kind != 0) else {
+            break;
+        };
+        if kind == b'C' {
+            return value;
+        }
+        body = rest;
+    }
+    &[]
+}
+
 /// Name and value of a ParameterStatus body.
 pub fn parse_parameter_status(body: &[u8]) -> Option<(&str, &str)> {
     let (name, rest) = read_cstr(body)?;

@@ -35,6 +35,12 @@ pub const QUERY_CANCELED: SqlState = SqlState(*b"57014");
 pub const ADMIN_SHUTDOWN: SqlState = SqlState(*b"57P01");
 pub const CANNOT_CONNECT_NOW: SqlState = SqlState(*b"57P03");
 pub const INTERNAL_ERROR: SqlState = SqlState(*b"XX000");
+pub const INVALID_CURSOR_NAME: SqlState = SqlState(*b"34000");
+pub const SYNTAX_ERROR: SqlState = SqlState(*b"42601");
+pub const OBJECT_IN_USE: SqlState = SqlState(*b"55006");
+pub const CONFIG_FILE_ERROR: SqlState = SqlState(*b"F0000");
+pub const IDLE_SESSION_TIMEOUT: SqlState = SqlState(*b"57P05");
+pub const IDLE_IN_TRANSACTION_SESSION_TIMEOUT: SqlState = SqlState(*b"25P03");
 pub const CONFIGURATION_LIMIT_EXCEEDED: SqlState = SqlState(*b"53400");
 
 #[cfg(test)]

@@ -86,7 +86,7 @@ pub async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, id: Clien
             Ok(None) => Ok(Served::Done),
             Err(refusal) => Err(refusal),
         };
-        log_end(id, peer, result)
+        log_end(&app, id, peer, result)
     }
     .instrument(span)
     .await
@@ -96,9 +96,15 @@ pub async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, id: Clien
 async fn resume(app: Arc<App>, parked: Parked) -> Served {
     let Parked { client, carried } = parked;
     let id = carried.id;
+    // The socket changes hands: it is not closed behind the client's entry's back.
+    carried.seen.socket(None);
     let Ok(stream) = TcpStream::from_std(client) else {
         return Served::Done;
     };
+    carried
+        .seen
+        .socket(Some(std::os::fd::AsRawFd::as_raw_fd(&stream)));
+    carried.seen.set_state(crate::metrics::ClientState::Idle);
     let peer = stream
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -111,16 +117,17 @@ async fn resume(app: Arc<App>, parked: Parked) -> Served {
             PoolMode::Transaction,
             carried,
         ));
-        log_end(id, peer, relay(session).await)
+        log_end(&app, id, peer, relay(session).await)
     }
     .instrument(span)
     .await
 }
 
-fn log_end(id: ClientId, peer: SocketAddr, result: Result<Served, Refusal>) -> Served {
+fn log_end(app: &App, id: ClientId, peer: SocketAddr, result: Result<Served, Refusal>) -> Served {
     match result {
         Ok(served) => served,
         Err(refusal) => {
+            app.metrics.refused(refusal.code.code());
             tracing::info!(%id, %peer, code = refusal.code.code(), "refused: {}", refusal.message);
             Served::Done
         }
@@ -152,6 +159,14 @@ async fn start(
         messages::negotiate_protocol_version(&mut out, SUPPORTED_MINOR, &startup.protocol_options);
     }
 
+    if crate::admin::is_console(&app.settings.admin, &startup) {
+        let user = startup.get("user").unwrap_or_default().to_string();
+        let login = login::authenticate_console(app, &mut stream, &user, pending, &mut out);
+        if let Err(e) = login.await {
+            return Err(refuse_after(&mut stream, out, e).await);
+        }
+        return crate::admin::console::serve(app, stream, out, &startup, id).await;
+    }
     let snapshot = app.registry.snapshot();
     let sni = sni_tenant(stream.server_name(), app.settings.tls.sni_suffix.as_deref());
     let sni = sni.map(str::to_owned);
@@ -167,6 +182,10 @@ async fn start(
     if let Err(e) = login::authenticate(app, &mut stream, &resolved, pending, &mut out).await {
         return Err(refuse_after(&mut stream, out, e).await);
     }
+    let seen = match crate::admin::limits::admit(app, id, &resolved, stream.tcp()) {
+        Ok(seen) => seen,
+        Err(e) => return Err(refuse_after(&mut stream, out, e).await),
+    };
 
     let pool = app
         .pools
@@ -190,6 +209,7 @@ async fn start(
             None
         }
         None => {
+            seen.set_state(crate::metrics::ClientState::Waiting);
             let mut server = match app.pools.checkout(&pool).await {
                 Ok(server) => server,
                 Err(e) => return Err(refuse_after(&mut stream, out, Refusal::from(&e)).await),
@@ -226,6 +246,7 @@ async fn start(
         settings,
         txn,
         cancel,
+        seen,
     };
     let mut session = Box::new(Session::new(app, stream, server, mode, carried));
     if mode == PoolMode::Transaction {

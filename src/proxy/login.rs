@@ -5,6 +5,8 @@
 //! A wrong password and an unknown user get the same 28P01 after the same work (an
 //! unknown user runs a fake SCRAM exchange), so the answer does not tell which.
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -35,23 +37,65 @@ pub async fn authenticate(
     pending: Unauthenticated,
     out: &mut BytesMut,
 ) -> Result<(), Refusal> {
-    let timeout = app.settings.proxy.auth_timeout;
     let mut login = Login {
         app,
         stream,
         out,
         buf: BytesMut::new(),
     };
-    let result = match tokio::time::timeout(timeout, login.run(resolved)).await {
-        Ok(result) => result,
-        Err(_) => Err(Refusal::new(
-            sqlstate::PROTOCOL_VIOLATION,
-            format!("authentication not completed within {timeout:?}"),
-        )),
+    let result = within_timeout(app, login.run(resolved)).await;
+    finish(login.out, pending, result)
+}
+
+/// Authenticates a client of the admin console: a registry user (`[users.NAME]`)
+/// whatever its tenants, under any `proxy.auth` but `trust`.
+pub async fn authenticate_console(
+    app: &App,
+    stream: &mut ClientStream,
+    user: &str,
+    pending: Unauthenticated,
+    out: &mut BytesMut,
+) -> Result<(), Refusal> {
+    let mut login = Login {
+        app,
+        stream,
+        out,
+        buf: BytesMut::new(),
     };
+    let result = match app.settings.proxy.auth {
+        AuthMethod::Trust => Ok(()),
+        _ => within_timeout(app, login.registered(user))
+            .await
+            .map(|_| ()),
+    };
+    finish(login.out, pending, result)
+}
+
+async fn within_timeout<T>(
+    app: &App,
+    exchange: impl std::future::Future<Output = Result<T, Refusal>>,
+) -> Result<T, Refusal> {
+    let timeout = app.settings.proxy.auth_timeout;
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Refusal::new(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!("authentication not completed within {timeout:?}"),
+            ))
+        })
+}
+
+/// Gives the client's place among unauthenticated connections back and, on
+/// success, queues AuthenticationOk.
+fn finish(
+    out: &mut BytesMut,
+    pending: Unauthenticated,
+    result: Result<(), Refusal>,
+) -> Result<(), Refusal> {
     drop(pending);
     result?;
-    messages::authentication_ok(login.out);
+    messages::authentication_ok(out);
     Ok(())
 }
 
@@ -72,6 +116,23 @@ impl Login<'_> {
         if method == AuthMethod::Passthrough {
             return self.passthrough(resolved).await;
         }
+        let found = self.registered(user).await?;
+        if !found.may_reach(&resolved.tenant.name) {
+            return Err(Refusal::new(
+                sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+                format!(
+                    "user \"{user}\" may not connect to tenant \"{}\"",
+                    resolved.tenant.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the password of a registry user by the configured method (SCRAM for
+    /// passthrough, whose registry users are the console's).
+    async fn registered(&mut self, user: &str) -> Result<Arc<User>, Refusal> {
+        let method = self.app.settings.proxy.auth;
         let registered = self.app.registry.snapshot().user(user);
         let verified = match (method, registered.as_deref()) {
             (AuthMethod::Password, found) => self.cleartext(user, found).await?,
@@ -104,19 +165,10 @@ impl Login<'_> {
                 None
             }
         };
-        let Some(found) = verified else {
-            return Err(wrong_password(user));
-        };
-        if !found.may_reach(&resolved.tenant.name) {
-            return Err(Refusal::new(
-                sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
-                format!(
-                    "user \"{user}\" may not connect to tenant \"{}\"",
-                    resolved.tenant.name
-                ),
-            ));
+        match (verified.is_some(), registered) {
+            (true, Some(found)) => Ok(found),
+            _ => Err(wrong_password(user)),
         }
-        Ok(())
     }
 
     /// Passthrough: the role's verifier comes from the tenant's server; the keys the

@@ -12,7 +12,7 @@ mod outbox;
 pub mod park;
 pub mod passthrough;
 pub mod pending;
-mod refusal;
+pub mod refusal;
 mod relay;
 mod resolve;
 mod wait;

@@ -272,8 +272,10 @@ impl super::relay::Session<'_> {
             settings,
             txn,
             cancel,
+            seen,
             ..
         } = *self;
+        seen.set_state(crate::metrics::ClientState::Parked);
         // Leaves the runtime's reactor: its entry is freed too.
         let client = client.into_std()?;
         let carried = Carried {
@@ -285,6 +287,7 @@ impl super::relay::Session<'_> {
             settings,
             txn,
             cancel,
+            seen,
         };
         app.parking.park(Parked { client, carried });
         Ok(())

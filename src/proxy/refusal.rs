@@ -75,6 +75,7 @@ impl From<&PoolError> for Refusal {
             PoolError::Timeout { .. } => {
                 Refusal::new(sqlstate::TOO_MANY_CONNECTIONS, e.to_string())
             }
+            PoolError::Paused { .. } => Refusal::new(sqlstate::CANNOT_CONNECT_NOW, e.to_string()),
             PoolError::Backend {
                 tenant,
                 host,

@@ -19,6 +19,14 @@ pub enum ClientStream {
 }
 
 impl ClientStream {
+    /// The client's socket (under TLS, the one TLS runs on).
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            ClientStream::Plain(stream) => stream,
+            ClientStream::Tls { stream, .. } => stream.get_ref().0,
+        }
+    }
+
     pub fn is_tls(&self) -> bool {
         matches!(self, ClientStream::Tls { .. })
     }

@@ -40,6 +40,8 @@ pub struct Carried {
     /// Statement names (transaction mode) and settings changed in flight.
     pub txn: Txn,
     pub cancel: CancelHandle,
+    /// The client's entry in the tenant's figures (console, metrics, limits).
+    pub seen: crate::metrics::ClientSeen,
 }
 
 /// What becomes of a server connection its client lets go of.

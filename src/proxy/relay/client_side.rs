@@ -46,6 +46,7 @@ impl Session<'_> {
             if tag == b'X' {
                 return Err(End::ClientLeft);
             }
+            self.seen.client_sent(tag);
             // What a query or statement does to the session, read once per message.
             let read = match (transaction_mode, tag) {
                 (true, b'Q' | b'P') => {

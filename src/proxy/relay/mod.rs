@@ -36,6 +36,8 @@ use crate::sql;
 pub struct Session<'a> {
     pub app: &'a App,
     pub id: ClientId,
+    /// Declared before `client`: it lets go of the socket before the socket closes.
+    pub seen: crate::metrics::ClientSeen,
     pub client: TcpStream,
     pub client_in: BytesMut,
     pub to_client: Outbox,
@@ -82,11 +84,14 @@ impl<'a> Session<'a> {
             settings,
             txn,
             cancel,
+            seen,
         } = carried;
         cancel.set_server(server.as_ref().map(PooledConn::cancel_target));
+        seen.server(server.as_ref().map(|s| s.get().key.pid));
         Session {
             app,
             id,
+            seen,
             client,
             client_in: BytesMut::new(),
             to_client: Outbox::default(),
@@ -122,6 +127,7 @@ impl<'a> Session<'a> {
             };
         }
         if let Some(refusal) = end.refusal() {
+            self.seen.tenant().error(refusal.code.code().as_bytes());
             self.to_client.push(refusal.fatal());
             let _ = Box::pin(self.drain_to_client()).await;
         }
@@ -206,11 +212,13 @@ impl<'a> Session<'a> {
             match event {
                 Ok(Event::ClientReadable) => {
                     let max = self.max_message();
+                    let before = self.client_in.len();
                     if !read_some(&self.client, &mut self.client_in, max, self.client_stream)
                         .map_err(|_| End::ClientGone)?
                     {
                         return Err(End::ClientGone);
                     }
+                    self.seen.client_read(self.client_in.len() - before);
                 }
                 Ok(Event::ServerReadable) => {
                     let max = self.max_message();
@@ -220,11 +228,13 @@ impl<'a> Session<'a> {
                         .expect("read only when attached")
                         .conn();
                     let streaming = self.server_stream;
+                    let before = conn.buf.len();
                     if !read_some(&conn.stream, &mut conn.buf, max, streaming)
                         .map_err(|_| End::ServerGone)?
                     {
                         return Err(End::ServerGone);
                     }
+                    self.seen.server_read(conn.buf.len() - before);
                     self.forward_server_frames()?;
                 }
                 Ok(Event::Writable) => {}
@@ -281,12 +291,14 @@ impl<'a> Session<'a> {
     ) -> Result<(), End> {
         let mut server = match ready {
             Some(server) => server,
-            None => self
-                .app
-                .pools
-                .checkout(&pool)
-                .await
-                .map_err(|e| End::Pool(Box::new(e)))?,
+            None => {
+                self.seen.set_state(crate::metrics::ClientState::Waiting);
+                self.app
+                    .pools
+                    .checkout(&pool)
+                    .await
+                    .map_err(|e| End::Pool(Box::new(e)))?
+            }
         };
         server
             .conn()
@@ -298,12 +310,14 @@ impl<'a> Session<'a> {
     }
 
     fn attach(&mut self, server: PooledConn) {
+        self.seen.server(Some(server.get().key.pid));
         self.cancel.set_server(Some(server.cancel_target()));
         self.server = Some(server);
     }
 
     /// Transaction mode: lets go of the idle server at the end of a transaction.
     pub fn detach(&mut self) {
+        self.seen.server(None);
         self.cancel.set_server(None);
         if let Some(mut server) = self.server.take() {
             let out_of_step = server.conn().out_of_step;

@@ -64,7 +64,16 @@ impl Session<'_> {
             };
             let tag = rest[0];
             match tag {
-                b'Z' => conn.status = rest.get(HEADER_LEN).copied().unwrap_or(b'I'),
+                b'Z' => {
+                    conn.status = rest.get(HEADER_LEN).copied().unwrap_or(b'I');
+                    self.seen.ready(conn.status);
+                }
+                b'E' => self
+                    .seen
+                    .tenant()
+                    .error(crate::protocol::messages::error_code(
+                        &rest[HEADER_LEN..len],
+                    )),
                 b'S' => {
                     if let Some((name, value)) = parse_parameter_status(&rest[HEADER_LEN..len]) {
                         if CLIENT_PARAMETERS.contains(&name) {
