@@ -243,12 +243,21 @@ async fn a_template_never_serves_maintenance_databases_nor_a_role_of_the_clients
         .settings("[proxy]\ntenant_from = [\"database\"]\n")
         .start()
         .await;
-    for db in ["postgres", "template1", "template0", "pgtenant"] {
+    for db in ["postgres", "template1", "template0"] {
         let Err(err) = env.try_connect("postgres", db).await else {
             panic!("{db} was served");
         };
         assert_eq!(code(&err), "3D000", "{db}: {}", describe(&err));
     }
+    // The console's name leads to the console, never to a tenant database.
+    let Err(err) = env.try_connect("postgres", "pgtenant").await else {
+        panic!("pgtenant was served to a user the console does not list");
+    };
+    assert!(
+        describe(&err).contains("admin console"),
+        "{}",
+        describe(&err)
+    );
     // `erp` is served by the template as role app, whatever user the client names.
     let client = env.connect("postgres", "erp").await;
     assert_eq!(value(&client, "SELECT current_user").await, "app");

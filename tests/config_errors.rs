@@ -91,7 +91,7 @@ fn validation_problems_are_placed_too() {
         format!(
             "{file}:2:13: pool.pool_size: must be at least 1\n\
              {file}:3:12: pool.min_idle: must not exceed pool.pool_size\n\
-             PGTENANT__PROXY__CHECKOUT: proxy.checkout: unknown key; valid keys in [proxy]: listen, tenant_from, pool_mode, auth, startup_timeout, max_client_conn, max_message_size, relay_buffer, workers, shutdown_timeout, park_after, auth_timeout, max_unauthenticated_per_address\n\
+             PGTENANT__PROXY__CHECKOUT: proxy.checkout: unknown key; valid keys in [proxy]: listen, tenant_from, pool_mode, auth, startup_timeout, max_client_conn, max_message_size, relay_buffer, workers, shutdown_timeout, park_after, auth_timeout, max_unauthenticated_per_address, max_client_conn_per_tenant, client_idle_timeout, idle_in_transaction_timeout\n\
              PGTENANT__PROXY__LISTEN: proxy.listen: \"nowhere\" is not an IP address and port\n"
         )
     );
@@ -113,7 +113,7 @@ fn syntax_errors_and_unknown_sections_have_a_place() {
     assert_eq!(
         stderr(&out),
         format!(
-            "{}:1:2: poool: unknown section (did you mean pool?); valid sections: proxy, pool, registry, tls, passthrough, secrets\n",
+            "{}:1:2: poool: unknown section (did you mean pool?); valid sections: proxy, pool, registry, admin, tls, passthrough, secrets\n",
             config.display()
         )
     );
