@@ -2,10 +2,12 @@
 //! a client) and the few exchanges the proxy itself runs on it (reset, parameter sync).
 
 mod auth;
+mod authquery;
 mod conn;
 mod connect;
 mod prepared;
 
+pub use authquery::fetch_verifier;
 pub use conn::{replayed, Greeting, ServerConn, CLIENT_PARAMETERS};
-pub use connect::{connect, search_path_option, send_cancel, BackendError, BackendTarget};
+pub use connect::{connect, search_path_option, send_cancel, BackendError, BackendTarget, KeySlot};
 pub use prepared::PreparedCache;
