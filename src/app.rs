@@ -10,7 +10,10 @@ use crate::metrics::Metrics;
 use crate::pool::Pools;
 use crate::proxy::cancel::Cancels;
 use crate::proxy::park::Lot;
+use crate::proxy::passthrough::VerifierCache;
+use crate::proxy::pending::Pending;
 use crate::registry::Registry;
+use crate::tls::ServerTls;
 
 /// A client connection's id, for logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -35,6 +38,14 @@ pub struct App {
     pub parking: Arc<Lot>,
     /// Turns true when the proxy is stopping: sessions end at their next idle moment.
     pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// Client TLS (`[tls]`), when configured.
+    pub tls: Option<Arc<ServerTls>>,
+    /// Connections not yet authenticated, per source address.
+    pub unauthenticated: Arc<Pending>,
+    /// Role verifiers fetched for auth passthrough.
+    pub passthrough: VerifierCache,
+    /// Salts the fake SCRAM exchange of unknown users: stable per name, unguessable.
+    pub auth_secret: [u8; 32],
     /// Per tenant figures and connected clients (the pools count into the same).
     pub metrics: Arc<Metrics>,
     /// Turns true when the admin console asked the proxy to stop (SHUTDOWN).
@@ -43,6 +54,14 @@ pub struct App {
 
 impl App {
     pub fn new(settings: Settings, registry: Arc<Registry>) -> Arc<App> {
+        Self::with_tls(settings, registry, None)
+    }
+
+    pub fn with_tls(
+        settings: Settings,
+        registry: Arc<Registry>,
+        tls: Option<Arc<ServerTls>>,
+    ) -> Arc<App> {
         let pools = Arc::new(Pools::new(
             settings.pool.clone(),
             settings.proxy.max_message_size,
@@ -50,7 +69,6 @@ impl App {
         ));
         let metrics = pools.metrics.clone();
         Arc::new(App {
-            settings,
             metrics,
             stop_requested: tokio::sync::watch::Sender::new(false),
             registry,
@@ -60,6 +78,11 @@ impl App {
             clients: AtomicUsize::new(0),
             parking: Arc::new(Lot::new()),
             shutdown: tokio::sync::watch::Sender::new(false),
+            tls,
+            unauthenticated: Pending::new(settings.proxy.max_unauthenticated_per_address),
+            passthrough: VerifierCache::default(),
+            auth_secret: rand::random(),
+            settings,
         })
     }
 

@@ -10,6 +10,8 @@ use tokio::net::TcpStream;
 use crate::backend::{connect, BackendError, BackendTarget};
 use crate::config::Settings;
 use crate::registry::{file, Host, Snapshot, Tenant};
+use crate::secret::Secrets;
+use crate::tls::ServerTls;
 
 /// Reads and validates the settings and the registry; the error is the text to print
 /// (every problem found, one per line).
@@ -21,7 +23,12 @@ pub fn load(config: &Path) -> Result<(Settings, Snapshot), String> {
             config.display()
         ));
     };
-    let snapshot = file::load(path).map_err(|e| e.to_string())?;
+    let secrets = Secrets::from_settings(&settings.secrets)
+        .map_err(|e| format!("{}: secrets: {e}", config.display()))?;
+    if let (Some(cert), Some(key)) = (&settings.tls.cert, &settings.tls.key) {
+        ServerTls::load(cert, key).map_err(|e| format!("{}: tls: {e}", config.display()))?;
+    }
+    let snapshot = file::load(path, &secrets).map_err(|e| e.to_string())?;
     Ok((settings, snapshot))
 }
 
@@ -113,6 +120,8 @@ async fn check_tenant(tenant: &Tenant, host: &Host, user: &str, settings: &Setti
         user: user.to_string(),
         password: tenant.backend_password.clone(),
         search_path: tenant.search_path.clone(),
+        tls: host.tls.clone(),
+        keys: None,
     };
     let mut place = format!(
         "database {} on host {} as {user}",

@@ -24,8 +24,10 @@ pub enum TenantSource {
     UserSuffix,
     /// The user name is the tenant.
     User,
-    /// The TLS server name (needs TLS; refused by `check` until then).
+    /// The TLS server name, less `tls.sni_suffix`.
     Sni,
+    /// `options=--tenant=acme` or `options=-c pgtenant.tenant=acme`.
+    Options,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -45,6 +47,22 @@ pub enum AuthMethod {
     ScramSha256,
     #[serde(rename = "passthrough")]
     Passthrough,
+    /// Cleartext password, checked against the stored verifier; over TLS only.
+    #[serde(rename = "password")]
+    Password,
+}
+
+/// `tls.mode`: whether clients may, or must, use TLS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsMode {
+    /// SSLRequest is answered 'N'.
+    #[default]
+    Disable,
+    /// TLS for clients that ask; plain connections are served too.
+    Allow,
+    /// A plain startup message is refused with 28000.
+    Require,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -54,6 +72,9 @@ pub struct Settings {
     pub pool: PoolSettings,
     pub registry: RegistrySettings,
     pub admin: AdminSettings,
+    pub tls: TlsSettings,
+    pub passthrough: PassthroughSettings,
+    pub secrets: SecretSettings,
 }
 
 /// The admin console, the HTTP listener (metrics, health, status page) and PAUSE.
@@ -92,6 +113,42 @@ impl Default for AdminSettings {
     }
 }
 
+/// `[tls]`: TLS towards clients.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    pub mode: TlsMode,
+    /// PEM certificate chain, leaf first.
+    pub cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// With the `sni` tenant source: `acme.db.example.com` is tenant `acme` when this
+    /// is `.db.example.com`.
+    pub sni_suffix: Option<String>,
+}
+
+/// `[passthrough]`: `proxy.auth = "passthrough"` checks clients against the role
+/// verifiers of the tenant's server, fetched through the host's `auth_user`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PassthroughSettings {
+    /// Returns the role's name and verifier for `$1`; the last column is the verifier.
+    pub auth_query: String,
+    /// How long a fetched verifier is trusted before it is fetched again.
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+}
+
+/// `[secrets]`: the key that decrypts `enc:` values in the registry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecretSettings {
+    /// Environment variable holding the key (base64 of 32 bytes).
+    pub key_env: String,
+    /// File holding the key, used when the variable is not set.
+    pub key_file: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProxySettings {
@@ -115,6 +172,11 @@ pub struct ProxySettings {
     /// keeps its socket and settings but no task or buffers. Zero: never.
     #[serde(with = "humantime_serde")]
     pub park_after: Duration,
+    /// Time a client has, once its startup message is in, to authenticate.
+    #[serde(with = "humantime_serde")]
+    pub auth_timeout: Duration,
+    /// Connections from one address that may be in startup or authentication at once.
+    pub max_unauthenticated_per_address: usize,
     /// Clients one tenant may have connected at once; 0: only `max_client_conn`.
     pub max_client_conn_per_tenant: usize,
     /// A client idle (no transaction open) this long is closed; zero: never.
@@ -182,6 +244,8 @@ impl Default for ProxySettings {
             workers: 1,
             shutdown_timeout: Duration::from_secs(30),
             park_after: Duration::from_secs(1),
+            auth_timeout: Duration::from_secs(10),
+            max_unauthenticated_per_address: 100,
             max_client_conn_per_tenant: 0,
             client_idle_timeout: Duration::ZERO,
             idle_in_transaction_timeout: Duration::ZERO,
@@ -203,6 +267,25 @@ impl Default for PoolSettings {
             reset_query: "DISCARD ALL".into(),
             host_turn: Duration::from_millis(100),
             share_schema_tenants: true,
+        }
+    }
+}
+
+impl Default for PassthroughSettings {
+    fn default() -> Self {
+        PassthroughSettings {
+            auth_query: "SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = $1"
+                .into(),
+            cache_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Default for SecretSettings {
+    fn default() -> Self {
+        SecretSettings {
+            key_env: "PGTENANT_SECRET_KEY".into(),
+            key_file: None,
         }
     }
 }
@@ -280,15 +363,39 @@ impl Settings {
             problem("proxy.tenant_from", "must name at least one source".into());
         }
         if self.proxy.tenant_from.contains(&TenantSource::Sni) {
-            problem(
-                "proxy.tenant_from",
-                "\"sni\" needs client TLS, which this version does not serve yet".into(),
-            );
+            if self.tls.mode == TlsMode::Disable {
+                problem(
+                    "proxy.tenant_from",
+                    "\"sni\" needs client TLS: set tls.mode, tls.cert and tls.key".into(),
+                );
+            }
+            if self.tls.sni_suffix.as_deref().is_none_or(str::is_empty) {
+                problem(
+                    "tls.sni_suffix",
+                    "the \"sni\" tenant source needs a suffix such as \".db.example.com\"".into(),
+                );
+            }
         }
-        if self.proxy.auth != AuthMethod::Trust {
+        if self.tls.mode != TlsMode::Disable {
+            for (key, value) in [("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)] {
+                if value.is_none() {
+                    problem(
+                        key,
+                        format!("must be set when tls.mode is {:?}", self.tls.mode).to_lowercase(),
+                    );
+                }
+            }
+        }
+        if self.proxy.auth == AuthMethod::Password && self.tls.mode == TlsMode::Disable {
             problem(
                 "proxy.auth",
-                "only \"trust\" is available in this version".into(),
+                "\"password\" sends passwords in clear text: it needs client TLS (tls.mode)".into(),
+            );
+        }
+        if self.proxy.max_unauthenticated_per_address == 0 {
+            problem(
+                "proxy.max_unauthenticated_per_address",
+                "must be at least 1".into(),
             );
         }
         if self.proxy.workers == 0 || self.proxy.workers > 256 {

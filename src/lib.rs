@@ -5,16 +5,20 @@
 pub mod admin;
 pub mod alloc;
 pub mod app;
+pub mod auth;
 pub mod backend;
 pub mod check;
+pub mod cli;
 pub mod config;
 pub mod metrics;
 pub mod pool;
 pub mod protocol;
 pub mod proxy;
 pub mod registry;
+pub mod secret;
 pub mod server;
 pub mod sql;
+pub mod tls;
 
 pub use app::App;
 pub use config::Settings;

@@ -1,4 +1,4 @@
-//! The `pgtenant` command line: serve, check, demo.
+//! The `pgtenant` command line: serve, check, demo, user, secret.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -107,6 +107,45 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         keep: Option<PathBuf>,
     },
+    /// Client users of the proxy (`[users.NAME]` in the registry file).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Encrypted values (`enc:…`) for the registry.
+    #[command(subcommand)]
+    Secret(SecretCommand),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add (or replace) a user: its password is stored as a verifier, never as text.
+    Add {
+        name: String,
+        /// The password; read from standard input when not given.
+        #[arg(long)]
+        password: Option<String>,
+        /// Tenants the user may reach, comma-separated; `*` for all.
+        #[arg(long, value_delimiter = ',', num_args = 0..)]
+        tenants: Vec<String>,
+        /// Store an md5 verifier instead of SCRAM-SHA-256 (for `proxy.auth = "md5"`).
+        #[arg(long)]
+        md5: bool,
+        #[arg(long, short, default_value = "config/pgtenant.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretCommand {
+    /// Encrypt a value with the key `[secrets]` names and print it as `enc:…`.
+    Encrypt {
+        /// The value; read from standard input when not given.
+        #[arg(long)]
+        value: Option<String>,
+        #[arg(long, short, default_value = "config/pgtenant.toml")]
+        config: PathBuf,
+    },
+    /// Print a new random key (base64) for `PGTENANT_SECRET_KEY` or `secrets.key_file`.
+    Key,
 }
 
 fn main() -> ExitCode {
@@ -130,6 +169,20 @@ fn main() -> ExitCode {
         Command::Demo { listen, keep } => runtime(1)
             .block_on(pgtenant::demo::run(&listen, keep.as_deref()))
             .map_err(Into::into),
+        Command::User(UserCommand::Add {
+            name,
+            password,
+            tenants,
+            md5,
+            config,
+        }) => pgtenant::cli::add_user(&config, &name, password, &tenants, md5),
+        Command::Secret(SecretCommand::Encrypt { value, config }) => {
+            pgtenant::cli::encrypt_secret(&config, value)
+        }
+        Command::Secret(SecretCommand::Key) => {
+            println!("{}", pgtenant::secret::SecretKey::generate().to_base64());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,9 +9,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::app::App;
-use crate::config::Settings;
+use crate::config::{Settings, TlsMode};
 use crate::registry::file::RegistryFileError;
 use crate::registry::{file, Registry};
+use crate::secret::Secrets;
+use crate::tls::ServerTls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -24,6 +26,10 @@ pub enum StartError {
     },
     #[error("registry: {0}")]
     NoRegistry(String),
+    #[error("tls: {0}")]
+    Tls(#[from] crate::tls::TlsLoadError),
+    #[error("secrets: {0}")]
+    Secrets(#[from] crate::secret::SecretError),
 }
 
 pub struct Server {
@@ -42,8 +48,22 @@ impl Server {
             .file
             .clone()
             .ok_or_else(|| StartError::NoRegistry("no registry file configured".into()))?;
-        let registry = Arc::new(Registry::new(file::load(&path)?));
-        file::watch(registry.clone(), path, settings.registry.watch_interval);
+        let secrets = Secrets::from_settings(&settings.secrets)?;
+        let registry = Arc::new(Registry::new(file::load(&path, &secrets)?));
+        file::watch(
+            registry.clone(),
+            path,
+            settings.registry.watch_interval,
+            secrets,
+        );
+        let tls = match (&settings.tls.cert, &settings.tls.key) {
+            (Some(cert), Some(key)) if settings.tls.mode != TlsMode::Disable => {
+                let tls = Arc::new(ServerTls::load(cert, key)?);
+                tls.reload_on_hangup();
+                Some(tls)
+            }
+            _ => None,
+        };
 
         let listener = TcpListener::bind(&settings.proxy.listen)
             .await
@@ -55,7 +75,7 @@ impl Server {
             address: settings.proxy.listen.clone(),
             source,
         })?;
-        let app = App::new(settings, registry);
+        let app = App::with_tls(settings, registry, tls);
         crate::pool::run_maintenance(
             app.pools.clone(),
             Duration::from_secs(1).min(app.settings.pool.host_turn.max(Duration::from_millis(10))),

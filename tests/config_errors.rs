@@ -91,7 +91,7 @@ fn validation_problems_are_placed_too() {
         format!(
             "{file}:2:13: pool.pool_size: must be at least 1\n\
              {file}:3:12: pool.min_idle: must not exceed pool.pool_size\n\
-             PGTENANT__PROXY__CHECKOUT: proxy.checkout: unknown key; valid keys in [proxy]: listen, tenant_from, pool_mode, auth, startup_timeout, max_client_conn, max_message_size, relay_buffer, workers, shutdown_timeout, park_after\n\
+             PGTENANT__PROXY__CHECKOUT: proxy.checkout: unknown key; valid keys in [proxy]: listen, tenant_from, pool_mode, auth, startup_timeout, max_client_conn, max_message_size, relay_buffer, workers, shutdown_timeout, park_after, auth_timeout, max_unauthenticated_per_address, max_client_conn_per_tenant, client_idle_timeout, idle_in_transaction_timeout\n\
              PGTENANT__PROXY__LISTEN: proxy.listen: \"nowhere\" is not an IP address and port\n"
         )
     );
@@ -113,7 +113,7 @@ fn syntax_errors_and_unknown_sections_have_a_place() {
     assert_eq!(
         stderr(&out),
         format!(
-            "{}:1:2: poool: unknown section (did you mean pool?); valid sections: proxy, pool, registry\n",
+            "{}:1:2: poool: unknown section (did you mean pool?); valid sections: proxy, pool, registry, admin, tls, passthrough, secrets\n",
             config.display()
         )
     );
@@ -149,7 +149,7 @@ fn environment_overrides_are_typed_like_the_file() {
 fn registry_addresses_and_placeholders_are_checked_and_counts_read_right() {
     let (dir, config) = files(
         "",
-        "[hosts.a]\naddress = \"postgres://127.0.0.1:5432\"\n[tenants.\"*\"]\nhost = \"a\"\ndatabase = \"{tenat}\"\n",
+        "[hosts.a]\naddress = \"postgres://127.0.0.1:5432\"\n[tenants.\"*\"]\nhost = \"a\"\ndatabase = \"{tenat}\"\nbackend_user = \"app\"\n",
     );
     let registry = dir.path().join("tenants.toml");
     let registry = registry.display();

@@ -7,7 +7,6 @@ use std::collections::HashMap;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::command::Command;
 use super::control::{self, Failed};
@@ -19,6 +18,7 @@ use crate::protocol::messages::{self, Severity};
 use crate::protocol::sqlstate;
 use crate::protocol::startup::StartupMessage;
 use crate::proxy::refusal::Refusal;
+use crate::tls::ClientStream;
 
 /// Largest message the console reads: its commands are one short line.
 const MAX_MESSAGE: usize = 64 * 1024;
@@ -27,20 +27,20 @@ const MAX_MESSAGE: usize = 64 * 1024;
 /// for it (protocol negotiation). Refusals are written here and returned for the log.
 pub async fn serve<T>(
     app: &App,
-    mut stream: TcpStream,
+    mut stream: ClientStream,
     mut out: BytesMut,
     startup: &StartupMessage,
     id: ClientId,
 ) -> Result<Option<T>, Refusal> {
     let user = startup.get("user").unwrap_or_default().to_string();
-    let peer = stream.peer_addr().ok();
+    let peer = stream.tcp().peer_addr().ok();
     if let Err(refusal) = super::console_access(app, &user, peer) {
         out.extend_from_slice(&refusal.fatal());
         let _ = stream.write_all(&out).await;
         return Err(refusal);
     }
+    // The caller authenticated the user (and queued AuthenticationOk).
     tracing::info!(client = %id, %user, peer = ?peer, "admin console connected");
-    messages::authentication_ok(&mut out);
     for (name, value) in [
         ("server_version", "15.0 (pgtenant admin console)"),
         ("server_encoding", "UTF8"),

@@ -132,7 +132,9 @@ pub fn reload(app: &App) -> Result<String, Failed> {
             "no registry file to reload",
         ));
     };
-    match crate::registry::file::load(path) {
+    let secrets = crate::secret::Secrets::from_settings(&app.settings.secrets)
+        .map_err(|e| failed(sqlstate::CONFIG_FILE_ERROR, format!("secrets: {e}")))?;
+    match crate::registry::file::load(path, &secrets) {
         Ok(snapshot) => {
             let tenants = snapshot.tenant_count();
             app.registry.replace(snapshot);

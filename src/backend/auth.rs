@@ -7,6 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::connect::{BackendError, BackendTarget};
+use crate::auth::KeyedScramClient;
 use crate::protocol::frame::{split_frame, Frame};
 use crate::protocol::messages::{self, parse_error_fields};
 
@@ -17,6 +18,12 @@ const AUTH_SASL: i32 = 10;
 const AUTH_SASL_CONTINUE: i32 = 11;
 const AUTH_SASL_FINAL: i32 = 12;
 const SCRAM: &str = "SCRAM-SHA-256";
+
+/// A SCRAM login with the registry's password, or with a passthrough client's keys.
+enum Scram {
+    Password(ScramSha256),
+    Keys(KeyedScramClient),
+}
 
 pub(super) async fn read_frame(
     stream: &mut TcpStream,
@@ -42,13 +49,15 @@ pub(super) async fn authenticate(
     target: &BackendTarget,
     max: usize,
 ) -> Result<(), BackendError> {
-    let mut scram: Option<ScramSha256> = None;
+    let mut scram: Option<Scram> = None;
     let password = || {
         target
             .password
-            .as_deref()
+            .as_ref()
+            .map(|p| p.expose())
             .ok_or(BackendError::MissingPassword)
     };
+    let auth_error = |e: &dyn std::fmt::Display| BackendError::Auth(e.to_string());
     loop {
         let frame = read_frame(stream, buf, max).await?;
         match frame.tag() {
@@ -92,27 +101,46 @@ pub(super) async fn authenticate(
                             .to_string(),
                     ));
                 }
-                let client =
-                    ScramSha256::new(password()?.as_bytes(), ChannelBinding::unsupported());
-                messages::sasl_initial_response(&mut out, SCRAM, client.message());
+                // No password but keys a passthrough client proved: log in with those.
+                let keys = target.keys.as_ref().and_then(|slot| slot.get());
+                let client = match (&target.password, keys) {
+                    (None, Some(keys)) => Scram::Keys(KeyedScramClient::new(keys)),
+                    _ => Scram::Password(ScramSha256::new(
+                        password()?.as_bytes(),
+                        ChannelBinding::unsupported(),
+                    )),
+                };
+                let first = match &client {
+                    Scram::Password(c) => c.message().to_vec(),
+                    Scram::Keys(c) => c.client_first().into_bytes(),
+                };
+                messages::sasl_initial_response(&mut out, SCRAM, &first);
                 scram = Some(client);
             }
             AUTH_SASL_CONTINUE => {
                 let client = scram
                     .as_mut()
                     .ok_or_else(|| BackendError::Protocol("SASL continue before start".into()))?;
-                client
-                    .update(data)
-                    .map_err(|e| BackendError::Auth(e.to_string()))?;
-                messages::sasl_response(&mut out, client.message());
+                let reply = match client {
+                    Scram::Password(c) => {
+                        c.update(data).map_err(|e| auth_error(&e))?;
+                        c.message().to_vec()
+                    }
+                    Scram::Keys(c) => c
+                        .server_first(data)
+                        .map_err(|e| auth_error(&e))?
+                        .into_bytes(),
+                };
+                messages::sasl_response(&mut out, &reply);
             }
             AUTH_SASL_FINAL => {
-                let mut client = scram
+                let client = scram
                     .take()
                     .ok_or_else(|| BackendError::Protocol("SASL final before start".into()))?;
-                client
-                    .finish(data)
-                    .map_err(|e| BackendError::Auth(e.to_string()))?;
+                match client {
+                    Scram::Password(mut c) => c.finish(data).map_err(|e| auth_error(&e))?,
+                    Scram::Keys(c) => c.server_final(data).map_err(|e| auth_error(&e))?,
+                }
                 continue;
             }
             other => {

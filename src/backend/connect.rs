@@ -8,8 +8,11 @@ use tokio::net::TcpStream;
 
 use super::auth::authenticate;
 use super::conn::ServerConn;
+use crate::auth::ScramKeys;
 use crate::protocol::messages::{self, ErrorFields};
 use crate::protocol::startup::{CancelKey, CANCEL_REQUEST_CODE};
+use crate::secret::Secret;
+use crate::tls::client::{negotiate, BackendTls, BackendTlsError};
 
 /// Everything needed to open a server connection for a tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -17,8 +20,47 @@ pub struct BackendTarget {
     pub address: String,
     pub database: String,
     pub user: String,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     pub search_path: Vec<String>,
+    pub tls: BackendTls,
+    /// For a role without a stored password: the SCRAM keys its clients proved
+    /// (auth passthrough), shared by every pool logging in as that role on the host.
+    pub keys: Option<KeySlot>,
+}
+
+/// The latest SCRAM keys proven for one role on one host. Compared by identity, so a
+/// new key does not look like a changed target.
+#[derive(Clone, Default)]
+pub struct KeySlot(std::sync::Arc<std::sync::RwLock<Option<ScramKeys>>>);
+
+impl KeySlot {
+    pub fn set(&self, keys: ScramKeys) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(keys);
+    }
+
+    pub fn get(&self) -> Option<ScramKeys> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl PartialEq for KeySlot {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for KeySlot {}
+
+impl std::hash::Hash for KeySlot {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::sync::Arc::as_ptr(&self.0).hash(state)
+    }
+}
+
+impl std::fmt::Debug for KeySlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeySlot(***)")
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +80,8 @@ pub enum BackendError {
     MissingPassword,
     #[error("authentication with the server failed: {0}")]
     Auth(String),
+    #[error(transparent)]
+    Tls(#[from] BackendTlsError),
     #[error("server broke protocol: {0}")]
     Protocol(String),
     #[error("server connection lost: {0}")]
@@ -111,13 +155,14 @@ pub async fn connect(
 }
 
 async fn open(target: &BackendTarget, max_message: usize) -> Result<ServerConn, BackendError> {
-    let mut stream = TcpStream::connect(&target.address)
+    let stream = TcpStream::connect(&target.address)
         .await
         .map_err(|source| BackendError::Connect {
             address: target.address.clone(),
             source,
         })?;
     stream.set_nodelay(true)?;
+    let mut stream = negotiate(stream, &target.tls).await?;
 
     let options = (!target.search_path.is_empty()).then(|| search_path_option(&target.search_path));
     let mut params = vec![

@@ -255,11 +255,11 @@ mod tests {
     fn unknown_sections_and_syntax() {
         assert_eq!(
             errors("[poool]\npool_size = 1\n", &[]),
-            vec!["s.toml:1:2: poool: unknown section (did you mean pool?); valid sections: proxy, pool, registry, admin"]
+            vec!["s.toml:1:2: poool: unknown section (did you mean pool?); valid sections: proxy, pool, registry, admin, tls, passthrough, secrets"]
         );
         assert_eq!(
             errors("listen = \"x\"\n", &[]),
-            vec!["s.toml:1:1: listen: unknown key; settings belong in one of the sections proxy, pool, registry, admin"]
+            vec!["s.toml:1:1: listen: unknown key; settings belong in one of the sections proxy, pool, registry, admin, tls, passthrough, secrets"]
         );
         let syntax = errors("[pool]\npool_size = = 1\n", &[]);
         assert_eq!(syntax.len(), 1);
@@ -282,7 +282,7 @@ mod tests {
         .is_empty());
         assert_eq!(
             errors("", &[("PGTENANT__PROXY__TENANT_FROM", "database,usr")]),
-            vec!["PGTENANT__PROXY__TENANT_FROM: proxy.tenant_from: unknown value \"usr\" (did you mean \"user\"?); expected \"database\", \"user_suffix\", \"user\" or \"sni\""]
+            vec!["PGTENANT__PROXY__TENANT_FROM: proxy.tenant_from: unknown value \"usr\" (did you mean \"user\"?); expected \"database\", \"user_suffix\", \"user\", \"sni\" or \"options\""]
         );
     }
 

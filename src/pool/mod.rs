@@ -29,7 +29,7 @@ pub use maintain::run_maintenance;
 use budget::HostBudget;
 use tenant::{IdleSet, TenantPool};
 
-use crate::backend::{self, BackendError, BackendTarget, Greeting};
+use crate::backend::{self, BackendError, BackendTarget, Greeting, KeySlot};
 use crate::config::{PoolMode, PoolSettings};
 use crate::metrics::Metrics;
 use crate::registry::{Host, Tenant, TenantName};
@@ -104,6 +104,8 @@ pub struct Pools {
     /// Wakes the upkeep task when a tenant starts waiting for room on a host: turns
     /// are then kept at `host_turn` granularity, otherwise upkeep runs once a second.
     upkeep: tokio::sync::Notify,
+    /// By (address, role): the SCRAM keys passthrough clients proved for that role.
+    keys: DashMap<(String, String), KeySlot>,
     /// Per tenant: the pause gate, checked on every checkout.
     pub gates: gate::Gates,
     /// Per tenant figures, counted on checkout.
@@ -121,6 +123,7 @@ impl Pools {
             shared: DashMap::new(),
             greetings: DashMap::new(),
             upkeep: tokio::sync::Notify::new(),
+            keys: DashMap::new(),
             gates: gate::Gates::default(),
             metrics: Arc::default(),
         }
@@ -292,6 +295,17 @@ impl Pools {
                 true => Vec::new(),
                 false => tenant.search_path.clone(),
             },
+            tls: host.tls.clone(),
+            keys: None,
+        };
+        // A role the registry holds no password for may log in with the keys its
+        // clients proved (auth passthrough).
+        let target = BackendTarget {
+            keys: target
+                .password
+                .is_none()
+                .then(|| self.key_slot(&target.address, &target.user)),
+            ..target
         };
         let path: Option<Arc<str>> =
             shares.then(|| backend::search_path_statement(&tenant.search_path).into());
@@ -350,6 +364,14 @@ impl Pools {
             *entry = new_pool();
         }
         entry.clone()
+    }
+
+    /// Where the SCRAM keys proven for `role` on `address` are kept.
+    pub fn key_slot(&self, address: &str, role: &str) -> KeySlot {
+        self.keys
+            .entry((address.to_string(), role.to_string()))
+            .or_default()
+            .clone()
     }
 
     fn budget_for(&self, host: &Host) -> Arc<HostBudget> {

@@ -70,6 +70,36 @@ pub fn authentication_ok(buf: &mut BytesMut) {
     message(buf, b'R', |b| b.put_i32(0));
 }
 
+/// AuthenticationSASL with the mechanisms offered, most preferred first.
+pub fn authentication_sasl(buf: &mut BytesMut, mechanisms: &[&str]) {
+    message(buf, b'R', |b| {
+        b.put_i32(10);
+        for mechanism in mechanisms {
+            put_cstr(b, mechanism);
+        }
+        b.put_u8(0);
+    });
+}
+
+/// AuthenticationSASLContinue (11) or AuthenticationSASLFinal (12).
+pub fn authentication_sasl_data(buf: &mut BytesMut, code: i32, data: &[u8]) {
+    message(buf, b'R', |b| {
+        b.put_i32(code);
+        b.put_slice(data);
+    });
+}
+
+pub fn authentication_md5(buf: &mut BytesMut, salt: [u8; 4]) {
+    message(buf, b'R', |b| {
+        b.put_i32(5);
+        b.put_slice(&salt);
+    });
+}
+
+pub fn authentication_cleartext(buf: &mut BytesMut) {
+    message(buf, b'R', |b| b.put_i32(3));
+}
+
 pub fn parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
     message(buf, b'S', |b| {
         put_cstr(b, name);

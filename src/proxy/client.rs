@@ -16,16 +16,18 @@ use super::carried::settings::{client_settings, keep_only_changes, set_setting};
 use super::carried::Carried;
 use super::end::End;
 use super::handshake::{read_startup, Handshake, HandshakeError};
+use super::login;
 use super::park::Parked;
 use super::refusal::Refusal;
 use super::relay::Session;
-use super::resolve::resolve;
+use super::resolve::{resolve_client, sni_tenant};
 use crate::app::{App, ClientId};
 use crate::backend::{BackendError, Greeting, CLIENT_PARAMETERS};
 use crate::config::PoolMode;
 use crate::pool::PooledConn;
 use crate::protocol::messages;
 use crate::protocol::startup::SUPPORTED_MINOR;
+use crate::tls::ClientStream;
 
 /// How a client task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,17 +139,19 @@ fn log_end(app: &App, id: ClientId, peer: SocketAddr, result: Result<Served, Ref
 /// the client here; the returned one is for the log.
 async fn start(
     app: &App,
-    mut stream: TcpStream,
+    stream: TcpStream,
     id: ClientId,
 ) -> Result<Option<Box<Session<'_>>>, Refusal> {
-    let startup = match read_startup(&mut stream, app.settings.proxy.startup_timeout).await {
-        Ok(Handshake::Startup(startup)) => startup,
-        Ok(Handshake::Cancel(key)) => {
+    let (stream, handshake) = read_startup(app, stream).await;
+    let (mut startup, pending, mut stream) = match (handshake, stream) {
+        (Ok(Handshake::Startup(startup, pending)), Some(stream)) => (startup, pending, stream),
+        (Ok(Handshake::Cancel(key)), _) => {
             app.cancels.cancel(key).await;
             return Ok(None);
         }
-        Err(HandshakeError::Closed) => return Ok(None),
-        Err(e) => return Err(refuse(&mut stream, Refusal::from(&e)).await),
+        (Err(HandshakeError::Closed), _) | (Ok(_), None) => return Ok(None),
+        (Err(e), None) => return Err(Refusal::from(&e)),
+        (Err(e), Some(mut stream)) => return Err(refuse(&mut stream, Refusal::from(&e)).await),
     };
 
     let mut out = BytesMut::new();
@@ -156,10 +160,18 @@ async fn start(
     }
 
     if crate::admin::is_console(&app.settings.admin, &startup) {
+        let user = startup.get("user").unwrap_or_default().to_string();
+        let login = login::authenticate_console(app, &mut stream, &user, pending, &mut out);
+        if let Err(e) = login.await {
+            return Err(refuse_after(&mut stream, out, e).await);
+        }
         return crate::admin::console::serve(app, stream, out, &startup, id).await;
     }
     let snapshot = app.registry.snapshot();
-    let resolved = match resolve(&snapshot, &app.settings.proxy.tenant_from, &startup) {
+    let sni = sni_tenant(stream.server_name(), app.settings.tls.sni_suffix.as_deref());
+    let sni = sni.map(str::to_owned);
+    let sources = &app.settings.proxy.tenant_from;
+    let resolved = match resolve_client(&snapshot, sources, &mut startup, sni.as_deref()) {
         Ok(resolved) => resolved,
         Err(e) => return Err(refuse_after(&mut stream, out, Refusal::from(&e)).await),
     };
@@ -167,9 +179,10 @@ async fn start(
     span.record("tenant", resolved.tenant.name.as_str());
     span.record("user", resolved.user.as_str());
 
-    // Client authentication: `trust` is the method this version serves.
-    messages::authentication_ok(&mut out);
-    let seen = match crate::admin::limits::admit(app, id, &resolved, &stream) {
+    if let Err(e) = login::authenticate(app, &mut stream, &resolved, pending, &mut out).await {
+        return Err(refuse_after(&mut stream, out, e).await);
+    }
+    let seen = match crate::admin::limits::admit(app, id, &resolved, stream.tcp()) {
         Ok(seen) => seen,
         Err(e) => return Err(refuse_after(&mut stream, out, e).await),
     };
@@ -211,12 +224,14 @@ async fn start(
     let key = cancel.key();
     messages::backend_key_data(&mut out, key.pid, key.secret);
     messages::ready_for_query(&mut out, b'I');
-    if stream.write_all(&out).await.is_err() {
+    let written = stream.write_all(&out).await;
+    let stream = written.and_then(|()| stream.into_relay());
+    let Ok(stream) = stream else {
         if let Some(server) = server {
             server.release(&app.settings.pool.reset_query).await;
         }
         return Ok(None);
-    }
+    };
 
     tracing::debug!(?mode, "session started");
     // Boxed: the session lives on the heap once, not copied into each future above it.
@@ -286,12 +301,12 @@ async fn relay(session: Box<Session<'_>>) -> Result<Served, Refusal> {
     }
 }
 
-async fn refuse(stream: &mut TcpStream, refusal: Refusal) -> Refusal {
+async fn refuse(stream: &mut ClientStream, refusal: Refusal) -> Refusal {
     refuse_after(stream, BytesMut::new(), refusal).await
 }
 
 /// Writes what was already prepared for the client, then the FATAL error.
-async fn refuse_after(stream: &mut TcpStream, mut out: BytesMut, refusal: Refusal) -> Refusal {
+async fn refuse_after(stream: &mut ClientStream, mut out: BytesMut, refusal: Refusal) -> Refusal {
     out.extend_from_slice(&refusal.fatal());
     let _ = stream.write_all(&out).await;
     let _ = stream.shutdown().await;

@@ -36,6 +36,8 @@ impl Refusal {
 impl From<&HandshakeError> for Refusal {
     fn from(e: &HandshakeError) -> Refusal {
         let code = match e {
+            HandshakeError::TlsRequired => sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            HandshakeError::TooManyUnauthenticated(_) => sqlstate::TOO_MANY_CONNECTIONS,
             HandshakeError::Unsupported(_) => sqlstate::FEATURE_NOT_SUPPORTED,
             _ => sqlstate::PROTOCOL_VIOLATION,
         };

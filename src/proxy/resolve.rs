@@ -34,14 +34,104 @@ fn split_user_suffix(user: &str) -> Option<(&str, &str)> {
     (!name.is_empty() && !tenant.is_empty()).then_some((name, tenant))
 }
 
-/// Tries each source in order; the first candidate the registry knows wins. When
-/// none is known, the error names the first candidate, the one the client most
-/// likely meant.
+/// The tenant named by a TLS server name: `acme.db.example.com` with suffix
+/// `.db.example.com` is `acme` (compared without regard to case, as DNS names are).
+pub fn sni_tenant<'a>(server_name: Option<&'a str>, suffix: Option<&str>) -> Option<&'a str> {
+    let (name, suffix) = (server_name?, suffix?);
+    let cut = name.len().checked_sub(suffix.len())?;
+    let (tenant, tail) = (name.get(..cut)?, name.get(cut..)?);
+    (tail.eq_ignore_ascii_case(suffix) && !tenant.is_empty() && !tenant.contains('.'))
+        .then_some(tenant)
+}
+
+/// Setting names that carry the tenant in the startup `options`.
+const OPTION_NAMES: &[&str] = &["tenant", "pgtenant.tenant"];
+
+/// Takes the tenant out of the startup `options` (`--tenant=acme`, `-c tenant=acme`,
+/// `-c pgtenant.tenant=acme`) so the server never sees it; the rest of the options
+/// are kept as the client wrote them.
+pub fn take_options_tenant(startup: &mut StartupMessage) -> Option<String> {
+    let (_, options) = startup.params.iter_mut().find(|(k, _)| k == "options")?;
+    let words = options_words(options);
+    let mut tenant = None;
+    let mut kept: Vec<&str> = Vec::new();
+    let mut i = 0;
+    while i < words.len() {
+        let (item, used) = match words[i].as_str() {
+            "-c" => (words.get(i + 1).map(String::as_str), 2),
+            word => match word.strip_prefix("-c").or_else(|| word.strip_prefix("--")) {
+                Some(item) => (Some(item), 1),
+                None => (None, 1),
+            },
+        };
+        let named = item
+            .and_then(|item| item.split_once('='))
+            .filter(|(name, _)| OPTION_NAMES.contains(&name.replace('-', "_").as_str()));
+        match named {
+            Some((_, value)) => tenant = Some(value.to_string()),
+            None => kept.extend(
+                words[i..(i + used).min(words.len())]
+                    .iter()
+                    .map(String::as_str),
+            ),
+        }
+        i += used;
+    }
+    if tenant.is_some() {
+        *options = kept
+            .iter()
+            .map(|w| w.replace('\\', "\\\\").replace(' ', "\\ "))
+            .collect::<Vec<_>>()
+            .join(" ");
+    }
+    tenant
+}
+
+/// Splits `options` as the server does: whitespace separates, backslash escapes.
+fn options_words(options: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => word.extend(chars.next()),
+            c if c.is_whitespace() => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    words
+}
+
+/// `resolve_client` without TLS and without touching the startup message.
 pub fn resolve(
     snapshot: &Snapshot,
     sources: &[TenantSource],
     startup: &StartupMessage,
 ) -> Result<Resolved, ResolveError> {
+    resolve_client(snapshot, sources, &mut startup.clone(), None)
+}
+
+/// Tries each source in order; the first candidate the registry knows wins. When
+/// none is known, the error names the first candidate, the one the client most
+/// likely meant. `sni` is the tenant named by the TLS server name (`sni_tenant`).
+/// With the `options` source, the tenant item is removed from the startup options.
+pub fn resolve_client(
+    snapshot: &Snapshot,
+    sources: &[TenantSource],
+    startup: &mut StartupMessage,
+    sni: Option<&str>,
+) -> Result<Resolved, ResolveError> {
+    let from_options = match sources.contains(&TenantSource::Options) {
+        true => take_options_tenant(startup),
+        false => None,
+    };
     let user = startup
         .get("user")
         .filter(|u| !u.is_empty())
@@ -58,8 +148,14 @@ pub fn resolve(
                 None => continue,
             },
             TenantSource::User => (user, user),
-            // TLS is not served yet; configuration validation refuses this source.
-            TenantSource::Sni => continue,
+            TenantSource::Sni => match sni {
+                Some(name) => (name, user),
+                None => continue,
+            },
+            TenantSource::Options => match &from_options {
+                Some(name) => (name.as_str(), user),
+                None => continue,
+            },
         };
         first_candidate.get_or_insert(candidate);
         if let Some(tenant) = snapshot.tenant(candidate) {
@@ -148,6 +244,53 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.tenant.name.as_str(), "acme");
+    }
+
+    #[test]
+    fn sni_names_the_tenant_by_suffix() {
+        let suffix = Some(".db.example.com");
+        assert_eq!(
+            sni_tenant(Some("acme.db.example.com"), suffix),
+            Some("acme")
+        );
+        assert_eq!(
+            sni_tenant(Some("ACME.DB.Example.com"), suffix),
+            Some("ACME")
+        );
+        assert_eq!(sni_tenant(Some("a.b.db.example.com"), suffix), None);
+        assert_eq!(sni_tenant(Some(".db.example.com"), suffix), None);
+        assert_eq!(sni_tenant(Some("acme.other.com"), suffix), None);
+        assert_eq!(sni_tenant(None, suffix), None);
+        let mut msg = startup(&[("user", "app"), ("database", "postgres")]);
+        let r =
+            resolve_client(&snapshot(), &[TenantSource::Sni], &mut msg, Some("globex")).unwrap();
+        assert_eq!(r.tenant.name.as_str(), "globex");
+    }
+
+    #[test]
+    fn options_name_the_tenant_and_lose_it() {
+        for (options, rest) in [
+            ("--tenant=acme", ""),
+            ("-c pgtenant.tenant=acme -c work_mem=8MB", "-c work_mem=8MB"),
+            (
+                "-cstatement_timeout=5s --pgtenant.tenant=acme",
+                "-cstatement_timeout=5s",
+            ),
+            (
+                "-c application_name=a\\ b -c tenant=acme",
+                "-c application_name=a\\ b",
+            ),
+        ] {
+            let mut msg = startup(&[("user", "app"), ("options", options)]);
+            let r = resolve_client(&snapshot(), &[TenantSource::Options], &mut msg, None).unwrap();
+            assert_eq!(r.tenant.name.as_str(), "acme", "{options}");
+            assert_eq!(msg.get("options"), Some(rest), "{options}");
+        }
+        let mut msg = startup(&[("user", "app"), ("options", "-c work_mem=8MB")]);
+        let err =
+            resolve_client(&snapshot(), &[TenantSource::Options], &mut msg, None).unwrap_err();
+        assert_eq!(err, ResolveError::NoTenant);
+        assert_eq!(msg.get("options"), Some("-c work_mem=8MB"));
     }
 
     #[test]

@@ -10,9 +10,13 @@ use serde::Deserialize;
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::{
-    Host, HostName, Registry, Snapshot, Tenant, TenantName, TEMPLATE_KEY, TENANT_PLACEHOLDER,
+    Host, HostName, Registry, Snapshot, Tenant, TenantName, User, RESERVED_DATABASES, TEMPLATE_KEY,
+    TENANT_PLACEHOLDER,
 };
+use crate::auth::Verifier;
 use crate::config::{PoolMode, Problem};
+use crate::secret::{Secret, Secrets};
+use crate::tls::client::{BackendTls, BackendTlsMode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryFileError {
@@ -36,6 +40,8 @@ struct RawFile {
     hosts: BTreeMap<String, RawHost>,
     #[serde(default)]
     tenants: BTreeMap<String, RawTenant>,
+    #[serde(default)]
+    users: BTreeMap<String, RawUser>,
 }
 
 #[derive(Deserialize)]
@@ -43,6 +49,21 @@ struct RawFile {
 struct RawHost {
     address: String,
     max_connections: Option<usize>,
+    #[serde(default)]
+    tls: BackendTlsMode,
+    tls_ca_file: Option<PathBuf>,
+    /// The name to send as SNI and to check with verify-full, when the address is
+    /// not that name.
+    tls_server_name: Option<String>,
+    auth_user: Option<String>,
+    auth_password: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    password: String,
+    tenants: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -60,21 +81,30 @@ struct RawTenant {
     share: Option<bool>,
 }
 
-/// Reads and validates the registry file.
-pub fn load(path: &Path) -> Result<Snapshot, RegistryFileError> {
+/// Reads and validates the registry file; `enc:` values are decrypted with `secrets`.
+pub fn load(path: &Path, secrets: &Secrets) -> Result<Snapshot, RegistryFileError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| RegistryFileError::Read {
         file: file.clone(),
         source,
     })?;
-    parse(&text, &file)
+    parse_with(&text, &file, secrets)
+}
+
+/// Parses registry TOML without a secret key; `file` names the source in messages.
+pub fn parse(text: &str, file: &str) -> Result<Snapshot, RegistryFileError> {
+    parse_with(text, file, &Secrets::default())
 }
 
 /// Parses registry TOML; `file` names the source in messages.
-pub fn parse(text: &str, file: &str) -> Result<Snapshot, RegistryFileError> {
+pub fn parse_with(
+    text: &str,
+    file: &str,
+    secrets: &Secrets,
+) -> Result<Snapshot, RegistryFileError> {
     let raw: RawFile = toml::from_str(text).map_err(|e| RegistryFileError::Parse {
         file: file.to_string(),
-        message: e.to_string().trim_end().to_string(),
+        message: parse_message(&e, text),
     })?;
     let mut problems = Vec::new();
     let mut problem = |key: String, message: String| {
@@ -104,15 +134,46 @@ pub fn parse(text: &str, file: &str) -> Result<Snapshot, RegistryFileError> {
                 "must be at least 1".into(),
             );
         }
+        let needs_ca = matches!(
+            raw_host.tls,
+            BackendTlsMode::VerifyCa | BackendTlsMode::VerifyFull
+        );
+        if needs_ca && raw_host.tls_ca_file.is_none() {
+            problem(
+                format!("{key}.tls_ca_file"),
+                "verify-ca and verify-full need the CA certificate file".into(),
+            );
+        }
+        let auth_password = raw_host.auth_password.as_deref().map(|value| {
+            secrets.reveal(value).unwrap_or_else(|e| {
+                problem(format!("{key}.auth_password"), e.to_string());
+                Secret::new("")
+            })
+        });
+        let host_part = raw_host.address.rsplit_once(':').map_or("", |(h, _)| h);
+        let server_name = raw_host.tls_server_name.clone().unwrap_or_else(|| {
+            host_part
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string()
+        });
         hosts.push(Host {
             name: HostName::new(name),
             address: raw_host.address.clone(),
             max_connections,
+            tls: BackendTls {
+                mode: raw_host.tls,
+                ca_file: raw_host.tls_ca_file.clone(),
+                server_name,
+            },
+            auth_user: raw_host.auth_user.clone(),
+            auth_password,
         });
     }
 
     let mut tenants = Vec::new();
     let mut template = None;
+    let tenant_names: Vec<String> = raw.tenants.keys().cloned().collect();
     for (name, raw_tenant) in raw.tenants {
         let key = format!("tenants.\"{name}\"");
         if !raw.hosts.contains_key(&raw_tenant.host) {
@@ -159,13 +220,38 @@ pub fn parse(text: &str, file: &str) -> Result<Snapshot, RegistryFileError> {
                 problem(format!("{key}.{field}"), message);
             }
         }
+        if name == TEMPLATE_KEY {
+            // A template serves names it has never seen: it must not let a client pick
+            // the role, nor lead to a maintenance database.
+            if raw_tenant.backend_user.is_none() {
+                problem(
+                    format!("{key}.backend_user"),
+                    "the template entry must name the role it logs in as".into(),
+                );
+            }
+            if RESERVED_DATABASES.contains(&raw_tenant.database.as_str()) {
+                problem(
+                    format!("{key}.database"),
+                    format!(
+                        "the template entry may not serve database \"{}\"",
+                        raw_tenant.database
+                    ),
+                );
+            }
+        }
+        let backend_password = raw_tenant.backend_password.as_deref().map(|value| {
+            secrets.reveal(value).unwrap_or_else(|e| {
+                problem(format!("{key}.backend_password"), e.to_string());
+                Secret::new("")
+            })
+        });
         let tenant = Tenant {
             name: TenantName::new(&name),
             host: HostName::new(&raw_tenant.host),
             database: raw_tenant.database,
             search_path: raw_tenant.search_path,
             backend_user: raw_tenant.backend_user,
-            backend_password: raw_tenant.backend_password,
+            backend_password,
             pool_size: raw_tenant.pool_size,
             min_idle: raw_tenant.min_idle,
             pool_mode: raw_tenant.pool_mode,
@@ -178,8 +264,37 @@ pub fn parse(text: &str, file: &str) -> Result<Snapshot, RegistryFileError> {
         }
     }
 
+    let mut users = Vec::new();
+    for (name, raw_user) in raw.users {
+        let key = format!("users.\"{name}\"");
+        let password = match secrets.reveal(&raw_user.password) {
+            Ok(text) => text.expose().parse::<Verifier>().map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let password = match password {
+            Ok(verifier) => verifier,
+            Err(message) => {
+                problem(format!("{key}.password"), message);
+                continue;
+            }
+        };
+        for tenant in &raw_user.tenants {
+            if tenant != TEMPLATE_KEY && !tenant_names.contains(tenant) && template.is_none() {
+                problem(
+                    format!("{key}.tenants"),
+                    format!("unknown tenant \"{tenant}\""),
+                );
+            }
+        }
+        users.push(User {
+            name,
+            password,
+            tenants: raw_user.tenants,
+        });
+    }
+
     if problems.is_empty() {
-        Ok(Snapshot::new(hosts, tenants, template))
+        Ok(Snapshot::new(hosts, tenants, template).with_users(users))
     } else {
         Err(RegistryFileError::Invalid { problems })
     }
@@ -187,6 +302,21 @@ pub fn parse(text: &str, file: &str) -> Result<Snapshot, RegistryFileError> {
 
 /// `host:port`: a host name, an IPv4 address or a bracketed IPv6 address, and a port.
 /// A URL (`postgres://…`) is not an address.
+/// Where and what, without the quoted line the TOML error would show: that line may
+/// hold a password, and this message goes to the log and to `check`.
+fn parse_message(e: &toml::de::Error, text: &str) -> String {
+    let message = e.message().trim_end();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message.to_string(),
+    }
+}
+
 fn valid_address(address: &str) -> bool {
     let Some((host, port)) = address.rsplit_once(':') else {
         return false;
@@ -232,7 +362,7 @@ fn fingerprint(path: &Path) -> Option<(SystemTime, u64)> {
 
 /// Reloads `path` into `registry` when it changes (polled every `interval`) or on
 /// SIGHUP. Runs until the runtime shuts down.
-pub fn watch(registry: Arc<Registry>, path: PathBuf, interval: Duration) {
+pub fn watch(registry: Arc<Registry>, path: PathBuf, interval: Duration, secrets: Secrets) {
     tokio::spawn(async move {
         let mut hangup = match signal(SignalKind::hangup()) {
             Ok(s) => Some(s),
@@ -254,14 +384,14 @@ pub fn watch(registry: Arc<Registry>, path: PathBuf, interval: Duration) {
                 continue;
             }
             seen = now;
-            reload(&registry, &path);
+            reload(&registry, &path, &secrets);
         }
     });
 }
 
 /// One reload attempt: swap in the new snapshot, or log why not and keep the old one.
-pub fn reload(registry: &Registry, path: &Path) -> bool {
-    match load(path) {
+pub fn reload(registry: &Registry, path: &Path, secrets: &Secrets) -> bool {
+    match load(path, secrets) {
         Ok(snapshot) => {
             tracing::info!(
                 file = %path.display(),
@@ -297,6 +427,7 @@ mod tests {
         [tenants."*"]
         host = "pg-a"
         database = "{tenant}"
+        backend_user = "app"
     "#;
 
     #[test]
@@ -370,6 +501,14 @@ mod tests {
              t.toml: tenants.\"*\".search_path: unknown placeholder \"{Tenant}\" in \"x_{Tenant}\"; the only placeholder is {tenant}\n\
              t.toml: tenants.\"acme\".database: {tenant} is filled in only in the template entry [tenants.\"*\"]"
         );
+    }
+
+    #[test]
+    fn a_syntax_error_does_not_quote_the_line() {
+        let text = "[tenants.acme]\nhost = \"a\"\nbackend_password = \"hunter2\n";
+        let err = parse(text, "t.toml").unwrap_err().to_string();
+        assert!(err.starts_with("t.toml: line 3, column "), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     #[test]

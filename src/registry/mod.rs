@@ -11,7 +11,10 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::auth::Verifier;
 use crate::config::PoolMode;
+use crate::secret::Secret;
+use crate::tls::client::BackendTls;
 
 macro_rules! name_type {
     ($(#[$doc:meta])* $name:ident) => {
@@ -53,6 +56,28 @@ pub struct Host {
     pub address: String,
     /// Server connections all tenants on this host may hold together.
     pub max_connections: usize,
+    /// How the proxy reaches it: plain or TLS, and what it checks.
+    pub tls: BackendTls,
+    /// The role that runs `passthrough.auth_query` on this host.
+    pub auth_user: Option<String>,
+    pub auth_password: Option<Secret>,
+}
+
+/// A client user of the proxy (`[users.NAME]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub password: Verifier,
+    /// Tenants this user may reach; `["*"]` is every tenant, `[]` none.
+    pub tenants: Vec<String>,
+}
+
+impl User {
+    pub fn may_reach(&self, tenant: &TenantName) -> bool {
+        self.tenants
+            .iter()
+            .any(|t| t == TEMPLATE_KEY || t == tenant.as_str())
+    }
 }
 
 /// Where and as whom one tenant is served.
@@ -65,7 +90,7 @@ pub struct Tenant {
     pub search_path: Vec<String>,
     /// Role on the server; `None` means the client's own user name.
     pub backend_user: Option<String>,
-    pub backend_password: Option<String>,
+    pub backend_password: Option<Secret>,
     pub pool_size: Option<usize>,
     /// Idle server connections kept open while the tenant is active.
     pub min_idle: Option<usize>,
@@ -79,9 +104,15 @@ pub struct Tenant {
 pub const TEMPLATE_KEY: &str = "*";
 pub const TENANT_PLACEHOLDER: &str = "{tenant}";
 
-/// Template tenants are made from untrusted names, so only plain names qualify.
+/// Databases no template entry serves: the maintenance databases and the admin
+/// console's name. A client must not reach them by naming a tenant after them.
+pub const RESERVED_DATABASES: &[&str] = &["postgres", "template0", "template1", "pgtenant"];
+
+/// Template tenants are made from untrusted names, so only plain names qualify, and
+/// never a reserved name (which `{tenant}` would turn into a database or a role).
 fn is_template_name(name: &str) -> bool {
     !name.is_empty()
+        && !RESERVED_DATABASES.contains(&name)
         && name.len() <= 63
         && name
             .bytes()
@@ -94,6 +125,7 @@ pub struct Snapshot {
     hosts: HashMap<HostName, Arc<Host>>,
     tenants: HashMap<TenantName, Arc<Tenant>>,
     template: Option<Tenant>,
+    users: HashMap<String, Arc<User>>,
 }
 
 impl Snapshot {
@@ -109,7 +141,21 @@ impl Snapshot {
                 .map(|t| (t.name.clone(), Arc::new(t)))
                 .collect(),
             template,
+            users: HashMap::new(),
         }
+    }
+
+    /// Adds the client users (`[users.NAME]`).
+    pub fn with_users(mut self, users: Vec<User>) -> Snapshot {
+        self.users = users
+            .into_iter()
+            .map(|u| (u.name.clone(), Arc::new(u)))
+            .collect();
+        self
+    }
+
+    pub fn user(&self, name: &str) -> Option<Arc<User>> {
+        self.users.get(name).cloned()
     }
 
     /// The tenant by name: a listed tenant, else one made from the template entry.
@@ -122,6 +168,9 @@ impl Snapshot {
             return None;
         }
         let fill = |s: &str| s.replace(TENANT_PLACEHOLDER, name);
+        if RESERVED_DATABASES.contains(&fill(&template.database).as_str()) {
+            return None;
+        }
         Some(Arc::new(Tenant {
             name: TenantName::new(name),
             host: template.host.clone(),
@@ -216,6 +265,20 @@ mod tests {
         let shop = snapshot.tenant("shop").unwrap();
         assert_eq!(shop.database, "shop");
         assert_eq!(shop.search_path, vec!["tenant_shop".to_string()]);
+    }
+
+    #[test]
+    fn template_never_serves_reserved_databases() {
+        let snapshot = Snapshot::new(vec![], vec![], Some(tenant(TEMPLATE_KEY, "{tenant}")));
+        for name in RESERVED_DATABASES {
+            assert!(snapshot.tenant(name).is_none(), "{name}");
+        }
+        let snapshot = Snapshot::new(vec![], vec![], Some(tenant(TEMPLATE_KEY, "{tenant}0")));
+        assert!(
+            snapshot.tenant("template").is_none(),
+            "template0 by another name"
+        );
+        assert!(snapshot.tenant("shop").is_some());
     }
 
     #[test]

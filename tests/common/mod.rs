@@ -13,6 +13,7 @@
 #![allow(dead_code)] // each test file uses a different part of the harness
 
 pub mod process;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;

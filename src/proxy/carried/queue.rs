@@ -171,7 +171,15 @@ pub struct Txn {
     restore_at_sync: Option<PathReset>,
     /// The current segment, kept while it may need to run again (`retry.rs`).
     retry: Option<Box<Retry>>,
-    /// Messages to send the server again, for the relay to take.
+    /// What a retry left for the relay (boxed: rare, and every idle client holds a
+    /// `Txn`).
+    retried: Option<Box<Retried>>,
+}
+
+/// What a retry leaves for the relay to send.
+#[derive(Default)]
+struct Retried {
+    /// Messages the server gets again.
     replay: Vec<Bytes>,
     /// A held error the client gets after all, before the message just received.
     before_this: Option<Bytes>,
@@ -807,7 +815,7 @@ impl Txn {
             self.out_of_step = true;
             self.follow.error();
             self.follow.ready(body.first().copied().unwrap_or(b'E'));
-            self.before_this = Some(error);
+            self.retried.get_or_insert_with(Box::default).before_this = Some(error);
             return Some(Verdict::Forward);
         }
         let mut out = Vec::new();
@@ -820,18 +828,19 @@ impl Txn {
             }
             out.push(message);
         }
-        self.replay.extend(out);
+        self.retried.get_or_insert_with(Box::default).replay = out;
         Some(Verdict::Swallow)
     }
 
     /// A message the client must get before the server message just received.
     pub fn take_before_this(&mut self) -> Option<Bytes> {
-        self.before_this.take()
+        self.retried.as_mut()?.before_this.take()
     }
 
     /// Messages the server must get again (a segment retried), in order.
     pub fn take_replay(&mut self) -> Vec<Bytes> {
-        std::mem::take(&mut self.replay)
+        // Called right after `take_before_this`, for the same server message.
+        self.retried.take().map(|r| r.replay).unwrap_or_default()
     }
 
     /// A statement that completed dropped prepared statements on the server: the
