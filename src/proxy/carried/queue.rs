@@ -36,6 +36,10 @@ struct QueryNote {
     completed: usize,
     /// The client's own statement name a translated DEALLOCATE drops.
     forget: Option<Box<[u8]>>,
+    /// For DEALLOCATE ALL / DISCARD ALL: the client's names when the query was sent.
+    /// Only those go at its CommandComplete; a statement the client named after it
+    /// (pipelined behind it) was made after the server dropped the others.
+    named_before: Option<Vec<(Box<[u8]>, Arc<Statement>)>>,
 }
 
 impl QueryNote {
@@ -174,6 +178,8 @@ pub struct Txn {
     /// What a retry left for the relay (boxed: rare, and every idle client holds a
     /// `Txn`).
     retried: Option<Box<Retried>>,
+    /// A DEALLOCATE ALL / DISCARD ALL may be in flight (until the queue empties).
+    drop_all_in_flight: bool,
 }
 
 /// What a retry leaves for the relay to send.
@@ -238,8 +244,19 @@ impl Txn {
         match tag {
             b'Q' => {
                 self.restore_now = read.and_then(|r| r.path_reset);
+                let mut note = read.and_then(QueryNote::of);
+                if let Some(note) = note.as_mut() {
+                    let drops_all =
+                        |e: &Effect| matches!(e, Effect::DeallocateAll | Effect::DiscardAll);
+                    if note.effects.iter().any(drops_all) {
+                        let named = self.statements.iter();
+                        note.named_before =
+                            Some(named.map(|(n, s)| (n.clone(), s.clone())).collect());
+                        self.drop_all_in_flight = true;
+                    }
+                }
                 self.queue.push_back(Expect::Query {
-                    note: read.and_then(QueryNote::of),
+                    note,
                     failed: false,
                 });
             }
@@ -376,6 +393,20 @@ impl Txn {
     fn name(&mut self, name: &[u8], statement: Arc<Statement>) -> Result<(), TooManyStatements> {
         if self.statements.len() >= self.max_statements && !self.statements.contains_key(name) {
             return Err(TooManyStatements(self.max_statements));
+        }
+        if self.drop_all_in_flight {
+            // Named after a DEALLOCATE ALL / DISCARD ALL still in flight: made after
+            // the drop, so the drop must not take it.
+            for expect in self.queue.iter_mut() {
+                if let Expect::Query {
+                    note: Some(note), ..
+                } = expect
+                {
+                    if let Some(before) = note.named_before.as_mut() {
+                        before.retain(|(n, _)| &n[..] != name);
+                    }
+                }
+            }
         }
         self.statements.insert(name.into(), statement);
         Ok(())
@@ -732,8 +763,14 @@ impl Txn {
                         if let Some(name) = forget {
                             self.statements.remove(&name);
                         }
-                        if let Some(effect) = effect {
-                            self.apply(&effect, server);
+                        let named_before = note.named_before.take();
+                        match (effect, named_before) {
+                            (Some(Effect::DeallocateAll | Effect::DiscardAll), Some(before)) => {
+                                server.clear();
+                                self.forget_names(before);
+                            }
+                            (Some(effect), _) => self.apply(&effect, server),
+                            (None, _) => {}
                         }
                     }
                     _ => {}
@@ -777,6 +814,9 @@ impl Txn {
                     }
                 }
                 self.follow.ready(body.first().copied().unwrap_or(b'I'));
+                if self.queue.is_empty() {
+                    self.drop_all_in_flight = false;
+                }
             }
             _ => {}
         }
@@ -841,6 +881,13 @@ impl Txn {
     pub fn take_replay(&mut self) -> Vec<Bytes> {
         // Called right after `take_before_this`, for the same server message.
         self.retried.take().map(|r| r.replay).unwrap_or_default()
+    }
+
+    /// Forgets the client's names in `named` (those given before the drop).
+    fn forget_names(&mut self, named: Vec<(Box<[u8]>, Arc<Statement>)>) {
+        for (name, _) in named {
+            self.statements.remove(&name);
+        }
     }
 
     /// A statement that completed dropped prepared statements on the server: the
@@ -1193,6 +1240,57 @@ mod tests {
         // The client's name is gone: a Bind passes through for the server to refuse.
         let out = send(&mut txn, &mut cache, &statements, b'B', &bind("s1"));
         assert!(out[0][5..].starts_with(b"\0s1\0"));
+    }
+
+    #[test]
+    fn a_name_given_behind_a_pipelined_discard_all_survives_it() {
+        let (mut txn, mut cache, statements) =
+            (txn(), PreparedCache::new(10), Statements::default());
+        txn.follows_settings = true;
+        send(
+            &mut txn,
+            &mut cache,
+            &statements,
+            b'P',
+            &parse("old", "SELECT 1"),
+        );
+        for tag in [b'3', b'1'] {
+            txn.received(tag, &[], &mut cache);
+        }
+        // DISCARD ALL, then (pipelined, before its answer) the same name again and a
+        // new one: both are made after the drop.
+        let discard = crate::sql::classify(b"DISCARD ALL", true);
+        txn.forwarded(b'Q', b"DISCARD ALL\0", Some(&discard));
+        send(
+            &mut txn,
+            &mut cache,
+            &statements,
+            b'P',
+            &parse("old", "SELECT 2"),
+        );
+        send(
+            &mut txn,
+            &mut cache,
+            &statements,
+            b'P',
+            &parse("new", "SELECT 3"),
+        );
+        txn.received(b'C', b"DISCARD ALL\0", &mut cache);
+        txn.received(b'Z', b"I", &mut cache);
+        for tag in [b'3', b'1', b'3', b'1'] {
+            txn.received(tag, &[], &mut cache);
+        }
+        assert!(txn.is_idle());
+        assert!(
+            txn.statements.contains_key(&b"old"[..]),
+            "named again after the drop"
+        );
+        assert!(txn.statements.contains_key(&b"new"[..]));
+
+        // Without a name given since, the drop takes them all.
+        txn.forwarded(b'Q', b"DISCARD ALL\0", Some(&discard));
+        txn.received(b'C', b"DISCARD ALL\0", &mut cache);
+        assert!(txn.statements.is_empty());
     }
 
     #[test]
