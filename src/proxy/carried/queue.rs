@@ -39,7 +39,7 @@ struct QueryNote {
     /// For DEALLOCATE ALL / DISCARD ALL: the client's names when the query was sent.
     /// Only those go at its CommandComplete; a statement the client named after it
     /// (pipelined behind it) was made after the server dropped the others.
-    named_before: Option<Vec<(Box<[u8]>, Arc<Statement>)>>,
+    named_before: Option<Vec<Box<[u8]>>>,
 }
 
 impl QueryNote {
@@ -249,9 +249,7 @@ impl Txn {
                     let drops_all =
                         |e: &Effect| matches!(e, Effect::DeallocateAll | Effect::DiscardAll);
                     if note.effects.iter().any(drops_all) {
-                        let named = self.statements.iter();
-                        note.named_before =
-                            Some(named.map(|(n, s)| (n.clone(), s.clone())).collect());
+                        note.named_before = Some(self.statements.keys().cloned().collect());
                         self.drop_all_in_flight = true;
                     }
                 }
@@ -403,7 +401,7 @@ impl Txn {
                 } = expect
                 {
                     if let Some(before) = note.named_before.as_mut() {
-                        before.retain(|(n, _)| &n[..] != name);
+                        before.retain(|n| &n[..] != name);
                     }
                 }
             }
@@ -884,8 +882,8 @@ impl Txn {
     }
 
     /// Forgets the client's names in `named` (those given before the drop).
-    fn forget_names(&mut self, named: Vec<(Box<[u8]>, Arc<Statement>)>) {
-        for (name, _) in named {
+    fn forget_names(&mut self, named: Vec<Box<[u8]>>) {
+        for name in named {
             self.statements.remove(&name);
         }
     }
