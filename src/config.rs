@@ -245,7 +245,7 @@ impl Default for ProxySettings {
             shutdown_timeout: Duration::from_secs(30),
             park_after: Duration::from_secs(1),
             auth_timeout: Duration::from_secs(10),
-            max_unauthenticated_per_address: 100,
+            max_unauthenticated_per_address: 1000,
             max_client_conn_per_tenant: 0,
             client_idle_timeout: Duration::ZERO,
             idle_in_transaction_timeout: Duration::ZERO,
