@@ -78,9 +78,9 @@ fn is_false(value: &str) -> bool {
         || (!value.is_empty() && "false".starts_with(&value))
 }
 
-/// The first word of an `options` value that is not part of a parameter setting.
-/// Words are split as the server splits them: on whitespace, `\\` escaping.
-fn unsupported_option(options: &str) -> Option<String> {
+/// Splits a libpq `options` value as the server does: whitespace separates words, a
+/// backslash escapes the next character.
+pub fn split_options(options: &str) -> Vec<String> {
     let mut words = Vec::new();
     let mut word = String::new();
     let mut chars = options.chars();
@@ -94,7 +94,12 @@ fn unsupported_option(options: &str) -> Option<String> {
         }
     }
     words.extend((!word.is_empty()).then_some(word));
-    let mut words = words.into_iter();
+    words
+}
+
+/// The first word of an `options` value that is not part of a parameter setting.
+fn unsupported_option(options: &str) -> Option<String> {
+    let mut words = split_options(options).into_iter();
     while let Some(word) = words.next() {
         let setting = match word.as_str() {
             "-c" => words.next(),

@@ -52,7 +52,7 @@ const OPTION_NAMES: &[&str] = &["tenant", "pgtenant.tenant"];
 /// are kept as the client wrote them.
 pub fn take_options_tenant(startup: &mut StartupMessage) -> Option<String> {
     let (_, options) = startup.params.iter_mut().find(|(k, _)| k == "options")?;
-    let words = options_words(options);
+    let words = crate::protocol::startup::split_options(options);
     let mut tenant = None;
     let mut kept: Vec<&str> = Vec::new();
     let mut i = 0;
@@ -85,28 +85,6 @@ pub fn take_options_tenant(startup: &mut StartupMessage) -> Option<String> {
             .join(" ");
     }
     tenant
-}
-
-/// Splits `options` as the server does: whitespace separates, backslash escapes.
-fn options_words(options: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut word = String::new();
-    let mut chars = options.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => word.extend(chars.next()),
-            c if c.is_whitespace() => {
-                if !word.is_empty() {
-                    words.push(std::mem::take(&mut word));
-                }
-            }
-            c => word.push(c),
-        }
-    }
-    if !word.is_empty() {
-        words.push(word);
-    }
-    words
 }
 
 /// `resolve_client` without TLS and without touching the startup message.

@@ -33,31 +33,8 @@ pub fn set_setting(settings: &mut Vec<(String, String)>, name: &str, value: &str
     }
 }
 
-/// Splits a libpq `options` value the way the server does: whitespace separates
-/// words, a backslash escapes the next character.
-fn split_words(options: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut word = String::new();
-    let mut chars = options.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => word.extend(chars.next()),
-            c if c.is_whitespace() => {
-                if !word.is_empty() {
-                    words.push(std::mem::take(&mut word));
-                }
-            }
-            c => word.push(c),
-        }
-    }
-    if !word.is_empty() {
-        words.push(word);
-    }
-    words
-}
-
 fn parse_options(options: &str) -> Vec<(String, String)> {
-    let words = split_words(options);
+    let words = crate::protocol::startup::split_options(options);
     let mut settings = Vec::new();
     let mut words = words.iter();
     while let Some(word) = words.next() {
