@@ -195,6 +195,17 @@ fn frame(tag: u8, body: impl FnOnce(&mut BytesMut)) -> Bytes {
     messages::build(|buf| messages::message(buf, tag, body))
 }
 
+/// A copy of a client message kept for a retry. The usual ones after a Bind, Sync and
+/// an Execute of the unnamed portal for all rows, are static: keeping a prepared
+/// statement's segment costs no allocation for them.
+fn kept_copy(tag: u8, body: &[u8]) -> Bytes {
+    match (tag, body) {
+        (b'S', []) => Bytes::from_static(b"S\0\0\0\x04"),
+        (b'E', [0, 0, 0, 0, 0]) => Bytes::from_static(b"E\0\0\0\x09\0\0\0\0\0"),
+        _ => frame(tag, |b| b.put_slice(body)),
+    }
+}
+
 /// A bodiless answer (ParseComplete, CloseComplete): static, so answering costs
 /// no allocation.
 fn answer(tag: u8) -> Bytes {
@@ -233,7 +244,7 @@ impl Txn {
     /// without its header.
     pub fn forwarded(&mut self, tag: u8, body: &[u8], read: Option<&Classified>) {
         if let Some(retry) = self.retry.as_mut() {
-            if !retry.complete && !retry.keep(tag, frame(tag, |b| b.put_slice(body))) {
+            if !retry.complete && !retry.keep(tag, kept_copy(tag, body)) {
                 self.retry = None;
             }
         }

@@ -440,3 +440,14 @@ fn between_transactions_parse_and_sync_need_no_server() {
     let out = send(&mut txn, &mut cache, &statements, b'B', &bind("s1"));
     assert_eq!(tags(&out), b"CPB");
 }
+
+#[test]
+fn kept_copies_of_sync_and_execute_are_the_messages_themselves() {
+    for (tag, body) in [
+        (b'S', &[][..]),
+        (b'E', &[0, 0, 0, 0, 0][..]),
+        (b'E', &[b'p', 0, 0, 0, 0, 1][..]),
+    ] {
+        assert_eq!(kept_copy(tag, body), frame(tag, |b| b.put_slice(body)));
+    }
+}
