@@ -23,7 +23,7 @@ pub enum End {
     /// The proxy is stopping and the client was between transactions.
     Shutdown,
     /// The client named more statements than `pool.max_client_statements`.
-    TooManyStatements(usize),
+    TooManyStatements(String),
     /// A shared server refused the search_path the proxy set for the client.
     PathNotSet(Box<crate::protocol::messages::ErrorFields>),
     /// Not an end: the client was quiet long enough to wait without a task
@@ -48,9 +48,9 @@ impl End {
             End::Pool(e) => Some(e.as_ref().into()),
             End::Backend(e) => Some(e.into()),
             End::Resolve(e) => Some(e.into()),
-            End::TooManyStatements(max) => Some(Refusal::new(
+            End::TooManyStatements(limit) => Some(Refusal::new(
                 sqlstate::CONFIGURATION_LIMIT_EXCEEDED,
-                format!("too many prepared statements: a client may hold {max} (pool.max_client_statements); close the ones no longer used"),
+                format!("too many prepared statements: {limit}; close the ones no longer used"),
             )),
             End::PathNotSet(e) => Some(Refusal::new(
                 sqlstate::CONNECTION_FAILURE,

@@ -23,9 +23,14 @@ use crate::protocol::messages;
 use crate::protocol::messages::ErrorFields;
 use crate::sql::{Classified, Effect, PathReset, SettingChange};
 
-/// The client asked for more named statements than `pool.max_client_statements`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TooManyStatements(pub usize);
+/// The client asked for more named statements than it may hold (count or bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TooManyStatements(pub String);
+
+/// Text of named statements one client may hold at once, whatever their count: with
+/// statements as large as `max_message_size`, the count alone would not bound a
+/// client's memory.
+pub const MAX_CLIENT_STATEMENT_BYTES: usize = 64 << 20;
 
 /// What a simple query does once it runs: a SET to follow if it succeeds, and per
 /// statement what it does to prepared statements, applied at its CommandComplete.
@@ -400,8 +405,21 @@ impl Txn {
     /// Gives the client's statement name `name` to `statement`, within the client's
     /// allowance of named statements.
     fn name(&mut self, name: &[u8], statement: Arc<Statement>) -> Result<(), TooManyStatements> {
-        if self.statements.len() >= self.max_statements && !self.statements.contains_key(name) {
-            return Err(TooManyStatements(self.max_statements));
+        if !self.statements.contains_key(name) {
+            if self.statements.len() >= self.max_statements {
+                return Err(TooManyStatements(format!(
+                    "a client may hold {} (pool.max_client_statements)",
+                    self.max_statements
+                )));
+            }
+            // Summed when a name is given, not kept: one count fewer to keep right.
+            let held: usize = self.statements.values().map(|s| s.parse.len()).sum();
+            if held + statement.parse.len() > MAX_CLIENT_STATEMENT_BYTES {
+                return Err(TooManyStatements(format!(
+                    "a client may hold {} MiB of statement text",
+                    MAX_CLIENT_STATEMENT_BYTES >> 20
+                )));
+            }
         }
         if self.drop_all_in_flight {
             // Named after a DEALLOCATE ALL / DISCARD ALL still in flight: made after

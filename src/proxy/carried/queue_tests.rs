@@ -451,3 +451,37 @@ fn kept_copies_of_sync_and_execute_are_the_messages_themselves() {
         assert_eq!(kept_copy(tag, body), frame(tag, |b| b.put_slice(body)));
     }
 }
+
+#[test]
+fn a_client_holds_a_bounded_amount_of_statement_text() {
+    let (mut txn, mut cache, statements) = (txn(), PreparedCache::new(10), Statements::default());
+    let big = "x".repeat(30 << 20);
+    let mut out = Vec::new();
+    for name in ["a", "b"] {
+        txn.rewrite(
+            b'P',
+            &parse(name, &format!("SELECT '{name}{big}'")),
+            &mut cache,
+            &statements,
+            &mut out,
+        )
+        .unwrap();
+    }
+    let third = txn.rewrite(
+        b'P',
+        &parse("c", &format!("SELECT 'c{big}'")),
+        &mut cache,
+        &statements,
+        &mut out,
+    );
+    assert!(third.is_err(), "90 MiB of statement text for one client");
+    // Naming an existing name again takes nothing more.
+    txn.rewrite(
+        b'P',
+        &parse("a", "SELECT 1"),
+        &mut cache,
+        &statements,
+        &mut out,
+    )
+    .unwrap();
+}
