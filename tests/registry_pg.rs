@@ -470,3 +470,93 @@ async fn every_api_route() {
     let (status, _) = call(Method::DELETE, "/users/bob", None).await;
     assert_eq!(status, 404);
 }
+
+/// An application's own tenant table, as it was before pgtenant.
+const APP_TABLE: &str = "
+CREATE TABLE public.tenant_registry (
+    tenant_slug text PRIMARY KEY,
+    finance_schema text NOT NULL,
+    active boolean NOT NULL DEFAULT true
+);
+INSERT INTO public.tenant_registry VALUES ('acme-co', 'tenant_acme', true), ('old-co', 'tenant_globex', false);
+";
+
+const APP_QUERY: &str = "SELECT tenant_slug AS name, 'pg-a' AS host, 'erp' AS database, \
+     finance_schema AS search_path, 'app' AS backend_user \
+     FROM public.tenant_registry WHERE active";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_table_is_adopted_with_tenants_query() {
+    let env = env().await;
+    let out = pgtenant(&["registry", "init", "--url", &url(&env)]);
+    assert!(out.status.success());
+    let config = cli_settings(&env, &format!("tenants_query = {APP_QUERY:?}\n"));
+    let registry = env.direct(REGISTRY_HOST, "postgres").await;
+    registry.batch_execute(APP_TABLE).await.unwrap();
+    let address = env.host_address(ERP_HOST);
+    cli(
+        &config,
+        &[
+            "host",
+            "add",
+            "pg-a",
+            "--address",
+            &address,
+            "--max-connections",
+            "20",
+        ],
+    );
+
+    let query = format!("tenants_query = {APP_QUERY:?}\n");
+    // One instance relies on the documented trigger, one on polling alone.
+    let notified = instance(&env, &query).await;
+    let polled = instance(&env, &format!("{query}poll_interval = \"300ms\"\n")).await;
+    for server in [&notified, &polled] {
+        assert_eq!(try_items(server, "acme-co").await.unwrap(), ACME_ITEMS);
+        assert!(try_items(server, "old-co")
+            .await
+            .unwrap_err()
+            .contains("3D000"));
+    }
+    let list = cli(&config, &["tenant", "list"]);
+    assert!(
+        list.contains("acme-co") && !list.contains("old-co"),
+        "{list}"
+    );
+    let err = pgtenant(&[
+        "tenant",
+        "remove",
+        "acme-co",
+        "--config",
+        &config.display().to_string(),
+    ]);
+    assert!(String::from_utf8_lossy(&err.stderr).contains("application's table"));
+
+    // Without the trigger only polling sees the change.
+    registry
+        .batch_execute(
+            "UPDATE public.tenant_registry SET active = true WHERE tenant_slug = 'old-co'",
+        )
+        .await
+        .unwrap();
+    all_follow(&[&polled], "old-co", GLOBEX_ITEMS).await;
+
+    // With it (as the README says), every instance hears of each change at once.
+    registry
+        .batch_execute(
+            "CREATE TRIGGER pgtenant_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE \
+             ON public.tenant_registry FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.notify_change();
+             UPDATE public.tenant_registry SET finance_schema = 'tenant_acme' WHERE tenant_slug = 'old-co';",
+        )
+        .await
+        .unwrap();
+    all_follow(&[&notified, &polled], "old-co", ACME_ITEMS).await;
+    registry
+        .batch_execute(
+            "INSERT INTO public.tenant_registry VALUES ('new-co', 'tenant_globex', true)",
+        )
+        .await
+        .unwrap();
+    let took = all_follow(&[&notified], "new-co", GLOBEX_ITEMS).await;
+    println!("a row of the application's table reached the instance in {took:?}");
+}

@@ -28,7 +28,7 @@ const LAST_RETRY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgRegistryError {
-    #[error("registry database: {0}")]
+    #[error("registry database: {}", rows::error_text(.0))]
     Db(#[from] tokio_postgres::Error),
     #[error("{0}")]
     Values(String),
