@@ -143,7 +143,7 @@ async fn two_instances_follow_changes_made_with_the_cli() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(applied, 1);
+    assert_eq!(applied, pgtenant::registry::migrate::latest() as i64);
 
     let a = instance(&env, "").await;
     let b = instance(&env, "").await;
@@ -559,4 +559,73 @@ async fn an_application_table_is_adopted_with_tenants_query() {
         .unwrap();
     let took = all_follow(&[&notified], "new-co", GLOBEX_ITEMS).await;
     println!("a row of the application's table reached the instance in {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_through_the_other_instance_reaches_the_query() {
+    let env = env().await;
+    seed(&env);
+    let a = instance(&env, "").await;
+    let b = instance(&env, "").await;
+    let registry = env.direct(REGISTRY_HOST, "postgres").await;
+    let live: i64 = registry
+        .query_one("SELECT count(*) FROM pgtenant.instances", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(live, 2);
+    // Both know each other before the test goes on (each refreshes every heartbeat).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let (mut raw, replies) =
+        Raw::login(a.local_addr(), &[("user", "app"), ("database", "acme")]).await;
+    let key = replies
+        .into_iter()
+        .find(|m| m.tag == b'K')
+        .expect("BackendKeyData");
+    raw.send(&query_message("SELECT pg_sleep(30)")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Through the other instance, as a load balancer may route it.
+    let mut cancel = Raw::connect(b.local_addr()).await;
+    cancel.send(&packet(80_877_102, &key.body)).await;
+    let replies = raw.read_until_ready().await;
+    let error = replies
+        .iter()
+        .find(|m| m.tag == b'E')
+        .expect("the query was cancelled");
+    assert_eq!(error.error().code, "57014", "{:?}", error.error());
+
+    // A wrong secret sent through the other instance cancels nothing.
+    raw.send(&query_message("SELECT pg_sleep(1), 'finished'"))
+        .await;
+    let mut body = key.body.clone();
+    body[7] ^= 0xff;
+    let mut cancel = Raw::connect(b.local_addr()).await;
+    cancel.send(&packet(80_877_102, &body)).await;
+    let replies = raw.read_until_ready().await;
+    assert!(replies.iter().all(|m| m.tag != b'E'), "{replies:?}");
+
+    // A stopped instance's row expires (5 heartbeats); the live one's stays.
+    registry
+        .batch_execute(
+            "INSERT INTO pgtenant.instances (id, address, slot, heartbeat) \
+             SELECT 'gone', '127.0.0.1:1', s, now() - interval '1 hour' \
+             FROM generate_series(1, 2047) s \
+             WHERE s NOT IN (SELECT slot FROM pgtenant.instances) LIMIT 1",
+        )
+        .await
+        .unwrap();
+    let expired = eventually(Duration::from_secs(10), || async {
+        let n: i64 = registry
+            .query_one(
+                "SELECT count(*) FROM pgtenant.instances WHERE id = 'gone'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (n == 0).then_some(())
+    })
+    .await;
+    assert!(expired.is_some(), "a stale instance row stays");
 }
