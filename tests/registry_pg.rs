@@ -145,6 +145,12 @@ async fn two_instances_follow_changes_made_with_the_cli() {
         .get(0);
     assert_eq!(applied, pgtenant::registry::migrate::latest() as i64);
 
+    let checked = cli(&config, &["check"]);
+    assert!(
+        checked.contains("registry database: ok (1 tenant, 1 host)"),
+        "{checked}"
+    );
+
     let a = instance(&env, "").await;
     let b = instance(&env, "").await;
     assert_eq!(try_items(&a, "acme").await.unwrap(), ACME_ITEMS);
