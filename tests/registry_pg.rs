@@ -44,7 +44,7 @@ fn pgtenant(args: &[&str]) -> Output {
 }
 
 /// Runs a command with `--config` and expects success; its standard output.
-fn cli(config: &PathBuf, args: &[&str]) -> String {
+fn cli(config: &std::path::Path, args: &[&str]) -> String {
     let mut all: Vec<&str> = args.to_vec();
     let config = config.display().to_string();
     all.extend(["--config", &config]);
