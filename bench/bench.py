@@ -55,6 +55,8 @@ IDLE_COUNTS = env_list("BENCH_IDLE_COUNTS", "2000,10000")
 CPU_TXNS = env_int("BENCH_CPU_TXNS", 100000)
 SYSCALL_TXNS = env_int("BENCH_SYSCALL_TXNS", 2000)
 TENANT_POOL = 2  # server connections per tenant in the many-tenants test
+# pool.share_streak for pgtenant (unset: its default).
+SHARE_STREAK = os.environ.get("BENCH_SHARE_STREAK", "").strip()
 MAX_CLIENT_CONN = max(12000, max(IDLE_COUNTS, default=0) + 2000)
 SCALE = 10
 
@@ -326,6 +328,7 @@ max_client_conn = {MAX_CLIENT_CONN}
 [pool]
 pool_size = {POOL}
 share_schema_tenants = {"true" if share else "false"}
+{f"share_streak = {SHARE_STREAK}" if SHARE_STREAK else ""}
 
 [registry]
 file = "{tenants}"
