@@ -7,12 +7,16 @@ one statement shared by every tenant pays a re-plan at every tenant switch, whil
 statement per tenant (what pgtenant does: each tenant's statements have names of
 their own) keeps its plan. This measures both straight against PostgreSQL, with the
 same SET search_path before every execution, so only the statement keying differs.
+Reported: executions per second, and the server backends' CPU time per execution
+(utime + stime from /proc, so the PostgreSQL server must run on this machine); the
+CPU figure holds up on a busy machine where the rate does not.
 
 usage: bench/plans.py HOST PORT DATABASE [SECONDS] [PROCESSES] [TENANTS]
 The database needs schemas tenant_0001.. with a table kv(id, v) (bench/bench.py's
 `many` database).
 """
 import multiprocessing as mp
+import os
 import socket
 import struct
 import sys
@@ -68,6 +72,9 @@ class Conn:
                 if len(self.buf) < 1 + length:
                     break
                 body, self.buf = self.buf[5:1 + length], self.buf[1 + length:]
+                if tag == b"D":
+                    # one text column: int16 count, int32 length, value
+                    self.last_row = body[6:].decode()
                 if tag == b"E":
                     raise RuntimeError(body.decode(errors="replace"))
                 if tag == b"Z":
@@ -80,8 +87,23 @@ class Conn:
             self.buf += chunk
 
 
+def backend_cpu(pid):
+    """CPU seconds a process has used (utime + stime)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def backend_pid(c):
+    c.s.sendall(query("SELECT pg_backend_pid()"))
+    c.ready(1)
+    return int(c.last_row)
+
+
 def worker(mode, host, port, db, seconds, tenants, out):
     c = Conn(host, port, db)
+    pid = backend_pid(c)
+    cpu = backend_cpu(pid)
     names = [f"s{t}" if mode == "per-tenant" else "s" for t in range(tenants)]
     prepared = set()
     done, i, end = 0, 0, time.time() + seconds
@@ -96,7 +118,7 @@ def worker(mode, host, port, db, seconds, tenants, out):
         c.s.sendall(out_bytes)
         c.ready(2)
         done += 1
-    out.put(done)
+    out.put((done, backend_cpu(pid) - cpu))
 
 
 def main():
@@ -112,14 +134,19 @@ def main():
                   for _ in range(procs)]
             for p in ps:
                 p.start()
-            total = sum(out.get() for _ in ps)
+            got = [out.get() for _ in ps]
             for p in ps:
                 p.join()
-            results.setdefault(mode, []).append(total / seconds)
-            print(f"round {rnd + 1} {mode:<10} {total / seconds:,.0f} executions/s", flush=True)
-    med = {m: sorted(v)[len(v) // 2] for m, v in results.items()}
-    print(f"median: shared {med['shared']:,.0f}/s, per-tenant {med['per-tenant']:,.0f}/s, "
-          f"per-tenant / shared = {med['per-tenant'] / med['shared']:.2f}")
+            total = sum(n for n, _ in got)
+            cpu_us = sum(c for _, c in got) / total * 1e6
+            results.setdefault(mode, []).append((total / seconds, cpu_us))
+            print(f"round {rnd + 1} {mode:<10} {total / seconds:,.0f} executions/s, "
+                  f"server CPU {cpu_us:.1f} µs per execution", flush=True)
+    med = {m: (sorted(r for r, _ in v)[len(v) // 2], sorted(c for _, c in v)[len(v) // 2])
+           for m, v in results.items()}
+    (rs, cs), (rt, ct) = med["shared"], med["per-tenant"]
+    print(f"median: shared {rs:,.0f}/s {cs:.1f} µs, per-tenant {rt:,.0f}/s {ct:.1f} µs; "
+          f"per-tenant / shared: rate {rt / rs:.2f}, server CPU {ct / cs:.2f}")
 
 
 if __name__ == "__main__":
