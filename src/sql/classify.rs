@@ -127,18 +127,17 @@ const ADVISORY_LOCKS: &[&str] = &[
 ///
 /// A word is a run of identifier bytes starting with a letter, `_` or a byte of a
 /// multibyte character, looked at wherever it stands (inside quotes and comments
-/// too, so nothing the lexer would read as a word is missed). Words that matter:
-/// RESET, DISCARD, DEALLOCATE, PREPARE, LISTEN, LOAD, DO, HOLD, TEMP, TEMPORARY,
-/// set_config, pg_temp…, any word containing `advisory`, and SET where it can start
-/// a statement: at the start of the text or after a `;`, or anywhere once the text
-/// has had a comment opener (a comment may hide what precedes it). An UPDATE's SET
-/// clause is none of these. `U&` (whose escapes could spell anything) always matters.
+/// too, so nothing the lexer would read as a word is missed). The words that matter
+/// anywhere are in `word_matters`; SET matters where it can start a statement: at
+/// the start of the text or after a `;`, or anywhere once the text has had a comment
+/// opener (a comment may hide what precedes it). An UPDATE's SET clause is none of
+/// these. `U&` (whose escapes could spell anything) always matters.
 pub(super) fn may_matter(sql: &[u8]) -> bool {
     let mut i = 0;
     let mut saw_comment = false;
     while i < sql.len() {
         let c = sql[i];
-        if !word_start(c) {
+        if BYTE_CLASS[c as usize] != WORD_START {
             match c {
                 b'-' | b'/' if sql.get(i + 1) == Some(&if c == b'-' { b'-' } else { b'*' }) => {
                     saw_comment = true
@@ -150,54 +149,66 @@ pub(super) fn may_matter(sql: &[u8]) -> bool {
             continue;
         }
         let begin = i;
-        while i < sql.len() && word_byte(sql[i]) {
+        while i < sql.len() && BYTE_CLASS[sql[i] as usize] != OTHER {
             i += 1;
         }
-        if word_matters(&sql[begin..i]) {
+        let word = &sql[begin..i];
+        if word_matters(word) {
             return true;
         }
-        if sql[begin..i].eq_ignore_ascii_case(b"set")
-            && (saw_comment || starts_statement(&sql[..begin]))
-        {
+        if word.eq_ignore_ascii_case(b"set") && (saw_comment || starts_statement(&sql[..begin])) {
             return true;
         }
     }
     false
 }
 
-/// Bytes that start an identifier (as PostgreSQL's scanner has it: letters, `_`,
-/// and every byte of a multibyte character).
-fn word_start(c: u8) -> bool {
-    c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
-}
+const OTHER: u8 = 0;
+/// Bytes that start an identifier, as PostgreSQL's scanner has them: letters, `_`,
+/// and every byte of a multibyte character.
+const WORD_START: u8 = 1;
+/// Bytes that may follow inside one: digits and `$` too.
+const WORD_REST: u8 = 2;
 
-fn word_byte(c: u8) -> bool {
-    word_start(c) || c.is_ascii_digit() || c == b'$'
-}
-
-/// Words that may matter wherever they stand.
-const WORDS: &[&[u8]] = &[
-    b"reset",
-    b"discard",
-    b"deallocate",
-    b"prepare",
-    b"listen",
-    b"load",
-    b"do",
-    b"hold",
-    b"temp",
-    b"temporary",
-    b"set_config",
-];
-
-fn word_matters(word: &[u8]) -> bool {
-    if WORDS.iter().any(|w| w.eq_ignore_ascii_case(word)) {
-        return true;
+const BYTE_CLASS: [u8; 256] = {
+    let mut table = [OTHER; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        table[c] = if b.is_ascii_alphabetic() || b == b'_' || b >= 0x80 {
+            WORD_START
+        } else if b.is_ascii_digit() || b == b'$' {
+            WORD_REST
+        } else {
+            OTHER
+        };
+        c += 1;
     }
-    let lower_starts = |prefix: &[u8]| {
-        word.len() >= prefix.len() && word[..prefix.len()].eq_ignore_ascii_case(prefix)
-    };
-    lower_starts(b"pg_temp") || word.windows(8).any(|w| w.eq_ignore_ascii_case(b"advisory"))
+    table
+};
+
+/// Whether a word may matter wherever it stands: RESET, DISCARD, DEALLOCATE,
+/// PREPARE, LISTEN, LOAD, DO, HOLD, TEMP, TEMPORARY, set_config, pg_temp…, and the
+/// session advisory lock functions (pg_advisory_lock…, pg_try_advisory_lock…).
+/// Looked up by first letter: most words are rejected at their first byte.
+fn word_matters(word: &[u8]) -> bool {
+    let is = |w: &[u8]| word.eq_ignore_ascii_case(w);
+    let starts = |w: &[u8]| word.len() >= w.len() && word[..w.len()].eq_ignore_ascii_case(w);
+    match word[0].to_ascii_lowercase() {
+        b'd' => is(b"do") || is(b"discard") || is(b"deallocate"),
+        b'h' => is(b"hold"),
+        b'l' => is(b"listen") || is(b"load"),
+        b'p' => {
+            is(b"prepare")
+                || starts(b"pg_temp")
+                || starts(b"pg_advisory")
+                || starts(b"pg_try_advisory")
+        }
+        b'r' => is(b"reset"),
+        b's' => is(b"set_config"),
+        b't' => is(b"temp") || is(b"temporary"),
+        _ => false,
+    }
 }
 
 /// Whether a word after `before` can begin a statement: only whitespace between it
