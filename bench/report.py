@@ -112,7 +112,8 @@ def main():
     md = []
     md.append("# pgtenant benchmark results\n")
     md.append(f"Written by `bench/run.sh` ({meta.get('started')} – {meta.get('finished', 'unfinished')}). "
-              "See `bench/README.md` for what each figure means.\n")
+              "See `bench/README.md` for what each figure means; the per-statement work (TPC-B, extended "
+              "protocol, thread model, io_uring) is measured in `bench/RESULTS-per-statement.md`.\n")
     if st.get("quick"):
         md.append("> **Smoke run (QUICK=1)**: short runs, one round. The numbers show that "
                   "everything works, not how fast it is.\n")
