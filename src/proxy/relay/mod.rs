@@ -34,10 +34,6 @@ use crate::proxy::wait::{read_some, Event, Wanted};
 use crate::registry::Snapshot;
 use crate::sql;
 
-/// The largest read buffer a client keeps between transactions until it parks: a
-/// larger one (left by a large message) is let go at once.
-const KEPT_BUFFER: usize = 64 * 1024;
-
 pub struct Session<'a> {
     pub app: &'a App,
     pub id: ClientId,
@@ -172,18 +168,13 @@ impl<'a> Session<'a> {
             }
             let mut may_park = false;
             if self.server.is_none() && self.client_in.is_empty() && self.to_client.is_empty() {
-                // Once quiet for `park_after` a client holds not even a task. Until
-                // then it keeps its buffers for its next transaction (no allocation
-                // per transaction); one that cannot park holds none between them.
+                // Between transactions a client holds no buffer, and once quiet for
+                // `park_after` not even a task.
+                self.client_in = BytesMut::new();
+                self.to_client.release();
+                self.to_server.release();
+                self.txn.release();
                 may_park = self.arm_park_timer();
-                if may_park && self.client_in.capacity() > KEPT_BUFFER {
-                    self.client_in = BytesMut::new();
-                } else if !may_park {
-                    self.client_in = BytesMut::new();
-                    self.to_client.release();
-                    self.to_server.release();
-                    self.txn.release();
-                }
             }
             let wanted = Wanted {
                 read_client: self.to_server.len() < bound && self.to_client.len() < bound,
