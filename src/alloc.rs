@@ -17,6 +17,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[global_allocator]
 static ALLOCATOR: counting::Counting = counting::Counting;
 
+/// Returns the pages freed since the last call to the system now, rather than after
+/// mimalloc's purge delay, which only passes when the allocator is next busy: an idle
+/// proxy would keep them resident.
+pub fn give_back_freed_memory() {
+    // SAFETY: `mi_collect` takes no pointers and touches only mimalloc's own heap and
+    // arenas, which are this process's allocator (the global allocator above).
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
 #[cfg(test)]
 pub mod counting {
     use std::alloc::{GlobalAlloc, Layout};
@@ -52,13 +61,4 @@ pub mod counting {
     pub fn allocations() -> u64 {
         ALLOCATIONS.with(Cell::get)
     }
-}
-
-/// Returns the pages freed since the last call to the system now, rather than after
-/// mimalloc's purge delay, which only passes when the allocator is next busy: an idle
-/// proxy would keep them resident.
-pub fn give_back_freed_memory() {
-    // SAFETY: `mi_collect` takes no pointers and touches only mimalloc's own heap and
-    // arenas, which are this process's allocator (the global allocator above).
-    unsafe { libmimalloc_sys::mi_collect(true) }
 }
