@@ -44,6 +44,13 @@ pub enum PoolError {
         pool_size: usize,
         waited: Duration,
     },
+    /// Transaction mode, `pool.query_wait_timeout`: the query waited too long.
+    #[error("query_wait_timeout: tenant \"{tenant}\": no server connection free for the query within {waited:?} (pool_size {pool_size})")]
+    QueryWait {
+        tenant: TenantName,
+        pool_size: usize,
+        waited: Duration,
+    },
     #[error("tenant \"{tenant}\" is paused (waited {waited:?})")]
     Paused {
         tenant: TenantName,
@@ -150,8 +157,38 @@ impl Pools {
     /// A server connection for `tenant` as `user`: an idle one that is still alive, or
     /// a new one within the tenant's pool size and the host's budget.
     pub async fn checkout(&self, handle: &PoolHandle) -> Result<PooledConn, PoolError> {
+        self.checkout_within(handle, self.settings.checkout_timeout)
+            .await
+    }
+
+    /// A server for the next query of a connected transaction-mode client: waits up
+    /// to `pool.query_wait_timeout` when it is set, else as `checkout` does.
+    pub async fn checkout_for_query(&self, handle: &PoolHandle) -> Result<PooledConn, PoolError> {
+        let within = self.settings.query_wait_timeout;
+        if within.is_zero() {
+            return self.checkout(handle).await;
+        }
+        match self.checkout_within(handle, within).await {
+            Err(PoolError::Timeout {
+                tenant,
+                pool_size,
+                waited,
+            }) => Err(PoolError::QueryWait {
+                tenant,
+                pool_size,
+                waited,
+            }),
+            other => other,
+        }
+    }
+
+    async fn checkout_within(
+        &self,
+        handle: &PoolHandle,
+        within: Duration,
+    ) -> Result<PooledConn, PoolError> {
         let started = Instant::now();
-        let checked_out = self.checkout_inner(handle, started).await;
+        let checked_out = self.checkout_inner(handle, started, within).await;
         if checked_out.is_ok() {
             handle.0.stats.checkout_wait.observe(started.elapsed());
         }
@@ -162,9 +199,10 @@ impl Pools {
         &self,
         handle: &PoolHandle,
         started: Instant,
+        within: Duration,
     ) -> Result<PooledConn, PoolError> {
         let pool = &handle.0;
-        let deadline = started + self.settings.checkout_timeout;
+        let deadline = started + within;
         if pool.gate.is_paused() {
             gate::pass(&pool.gate, &pool.tenant, started, deadline).await?;
         }

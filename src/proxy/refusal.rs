@@ -75,6 +75,9 @@ impl From<&PoolError> for Refusal {
             PoolError::Timeout { .. } => {
                 Refusal::new(sqlstate::TOO_MANY_CONNECTIONS, e.to_string())
             }
+            // As PgBouncer's query_wait_timeout: the query is not run; 57014 is what
+            // drivers report as a query timeout.
+            PoolError::QueryWait { .. } => Refusal::new(sqlstate::QUERY_CANCELED, e.to_string()),
             PoolError::Paused { .. } => Refusal::new(sqlstate::CANNOT_CONNECT_NOW, e.to_string()),
             PoolError::Backend {
                 tenant,

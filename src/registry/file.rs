@@ -79,6 +79,7 @@ struct RawTenant {
     min_idle: Option<usize>,
     pool_mode: Option<PoolMode>,
     share: Option<bool>,
+    max_client_conn: Option<usize>,
 }
 
 /// Reads and validates the registry file; `enc:` values are decrypted with `secrets`.
@@ -194,6 +195,12 @@ pub fn parse_with(
         if raw_tenant.pool_size == Some(0) {
             problem(format!("{key}.pool_size"), "must be at least 1".into());
         }
+        if raw_tenant.max_client_conn == Some(0) {
+            problem(
+                format!("{key}.max_client_conn"),
+                "must be at least 1".into(),
+            );
+        }
         if let (Some(min_idle), Some(size)) = (raw_tenant.min_idle, raw_tenant.pool_size) {
             if min_idle > size {
                 problem(
@@ -256,6 +263,7 @@ pub fn parse_with(
             min_idle: raw_tenant.min_idle,
             pool_mode: raw_tenant.pool_mode,
             share: raw_tenant.share,
+            max_client_conn: raw_tenant.max_client_conn,
         };
         if name == TEMPLATE_KEY {
             template = Some(tenant);
