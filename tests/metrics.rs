@@ -297,10 +297,7 @@ async fn errors_and_checkout_waits_count_per_tenant() {
         load.push(tokio::spawn(async move {
             for i in 0..queries {
                 // Simple protocol: one message, one server exchange, one checkout.
-                client
-                    .simple_query(&format!("SELECT {i}"))
-                    .await
-                    .unwrap();
+                client.simple_query(&format!("SELECT {i}")).await.unwrap();
             }
             (tenant, client)
         }));

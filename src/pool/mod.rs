@@ -18,7 +18,9 @@ pub mod report;
 pub mod statements;
 mod tenant;
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -203,18 +205,28 @@ impl Pools {
     ) -> Result<PooledConn, PoolError> {
         let pool = &handle.0;
         let deadline = started + within;
-        if pool.gate.is_paused() {
-            gate::pass(&pool.gate, &pool.tenant, started, deadline).await?;
-        }
+        let passed = match pool.gate.is_paused() {
+            true => Some(gate::pass(&pool.gate, &pool.tenant, started, deadline).await?),
+            false => None,
+        };
         let timeout = || PoolError::Timeout {
             tenant: pool.tenant.clone(),
             pool_size: pool.size,
             waited: started.elapsed(),
         };
-        let slot = tokio::time::timeout_at(deadline.into(), pool.slots.clone().acquire_owned())
-            .await
-            .map_err(|_| timeout())?
-            .expect("pool semaphores are never closed");
+        let acquire = pool.slots.clone().acquire_owned();
+        tokio::pin!(acquire);
+        // Queued for a slot (the semaphore is FIFO) before the next waiter at the
+        // gate goes: after RESUME they get servers in the order they came.
+        let first = std::future::poll_fn(|cx| Poll::Ready(acquire.as_mut().poll(cx))).await;
+        drop(passed);
+        let slot = match first {
+            Poll::Ready(slot) => slot,
+            Poll::Pending => tokio::time::timeout_at(deadline.into(), acquire)
+                .await
+                .map_err(|_| timeout())?,
+        }
+        .expect("pool semaphores are never closed");
 
         // Our own idle connection, else a new one within the host's budget, else an
         // idle connection of another tenant closed to make room, else wait for a change.
