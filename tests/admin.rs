@@ -434,3 +434,101 @@ async fn reload_reads_the_registry_and_shutdown_stops() {
         .await
         .expect("SHUTDOWN asks the proxy to stop");
 }
+
+/// Under `proxy.auth = "scram-sha-256"` the console is for registry users listed in
+/// admin.users, who prove their password like everyone: psql and tokio-postgres get
+/// in, a wrong password is 28P01, a tenant's user with the right password is 28000.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_users_log_in_with_scram() {
+    const OPS_PW: &str = "ops-Console-9931";
+    const ALICE_PW: &str = "alice-Tenant-1234";
+    let users = format!(
+        "[users.ops]\npassword = {:?}\ntenants = []\n[users.alice]\npassword = {:?}\ntenants = [\"acme\"]\n",
+        pgtenant::auth::Verifier::scram_text(OPS_PW),
+        pgtenant::auth::Verifier::scram_text(ALICE_PW),
+    );
+    let env = EnvBuilder::erp()
+        .registry_extra(&users)
+        .settings("[proxy]\nauth = \"scram-sha-256\"\n[admin]\nusers = [\"ops\"]\n")
+        .start()
+        .await;
+    let with_password = |user: &str, db: &str, password: &str| {
+        let mut config = env.config(user, Some(db));
+        config.password(password);
+        config
+    };
+
+    // tokio-postgres: extended protocol, typed rows.
+    let admin = connect(&with_password("ops", "pgtenant", OPS_PW))
+        .await
+        .unwrap_or_else(|e| panic!("{}", describe(&e)));
+    let version = show(&admin, "VERSION").await;
+    assert!(version[0].get::<_, &str>(0).contains("pgtenant"));
+    // The console sees the tenant's client that logged in with its own password.
+    let alice = connect(&with_password("alice", "acme", ALICE_PW))
+        .await
+        .unwrap();
+    assert_eq!(items(&alice).await, ACME_ITEMS);
+    let clients = show(&admin, "CLIENTS").await;
+    assert!(
+        clients
+            .iter()
+            .any(|r| r.get::<_, &str>("tenant") == "acme" && r.get::<_, &str>("user") == "alice"),
+        "alice is listed"
+    );
+
+    // psql: simple protocol, the password from the environment.
+    let port = env.addr().port().to_string();
+    let psql = |user: &str, password: &str| {
+        let mut command = tokio::process::Command::new("/usr/bin/psql");
+        command
+            .args(["-X", "-h", "127.0.0.1", "-p", &port, "-U", user])
+            .args(["-d", "pgtenant", "-c", "SHOW TENANTS"])
+            .env("PGPASSWORD", password)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .stdin(std::process::Stdio::null());
+        command.output()
+    };
+    let out = psql("ops", OPS_PW).await.unwrap();
+    let table = psql_ok(&out);
+    assert!(
+        table.contains("acme") && table.contains("globex"),
+        "{table}"
+    );
+    let out = psql("ops", "wrong").await.unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("password authentication failed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Wrong password: 28P01; a registry user not in admin.users: 28000, even with
+    // the right password.
+    let err = connect(&with_password("ops", "pgtenant", "guess"))
+        .await
+        .map(|_| ())
+        .expect_err("wrong password");
+    assert_eq!(
+        err.code().map(|c| c.code()),
+        Some("28P01"),
+        "{}",
+        describe(&err)
+    );
+    let err = connect(&with_password("alice", "pgtenant", ALICE_PW))
+        .await
+        .map(|_| ())
+        .expect_err("alice is not a console user");
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("{}", describe(&err)));
+    assert_eq!(db.code().code(), "28000");
+    assert!(db.message().contains("admin.users"), "{}", db.message());
+    let out = psql("alice", ALICE_PW).await.unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("admin.users"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
