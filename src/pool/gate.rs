@@ -141,6 +141,14 @@ impl Gates {
         }
         self.0.entry(tenant.clone()).or_default().clone()
     }
+
+    /// Forgets the open gates no pool uses and nobody waits at: one is made again
+    /// when needed, so tenants that came and went cost nothing here.
+    pub(super) fn prune(&self) {
+        self.0.retain(|_, gate| {
+            Arc::strong_count(gate) > 1 || gate.is_paused() || gate.waiting() > 0
+        });
+    }
 }
 
 /// PAUSE did not drain in time: the tenant stays paused.

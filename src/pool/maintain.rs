@@ -87,6 +87,7 @@ impl Pools {
             .retain(|_, greeting| Arc::strong_count(greeting) > 1);
         // Tenants whose last pool just went may have figures to retire.
         self.metrics.retire_beyond_bound();
+        self.gates.prune();
         someone_waits
     }
 }
