@@ -68,6 +68,7 @@ impl App {
             settings.proxy.pool_mode,
         ));
         let metrics = pools.metrics.clone();
+        metrics.set_max_tenants(settings.admin.metrics_max_tenants);
         Arc::new(App {
             metrics,
             stop_requested: tokio::sync::watch::Sender::new(false),

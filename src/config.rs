@@ -204,6 +204,11 @@ pub struct PoolSettings {
     pub connect_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub checkout_timeout: Duration,
+    /// Transaction mode: how long a query of a connected client may wait for a server
+    /// before it is refused (57014) and the client closed; zero: `checkout_timeout`,
+    /// refused as a checkout (53300).
+    #[serde(with = "humantime_serde")]
+    pub query_wait_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     #[serde(with = "humantime_serde")]
@@ -283,6 +288,7 @@ impl Default for PoolSettings {
             max_client_statements: 5000,
             connect_timeout: Duration::from_secs(5),
             checkout_timeout: Duration::from_secs(30),
+            query_wait_timeout: Duration::ZERO,
             idle_timeout: Duration::from_secs(600),
             max_lifetime: Duration::from_secs(3600),
             reset_query: "DISCARD ALL".into(),

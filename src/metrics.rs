@@ -3,11 +3,17 @@
 //! The hot path only touches atomics of its own tenant (and its own client record):
 //! no lock and no map lookup per message. A tenant's figures are made when its first
 //! client connects; `admin::prom` turns them into Prometheus text on each scrape.
+//!
+//! Memory stays bounded however many tenants come and go: beyond
+//! `admin.metrics_max_tenants` tracked tenants, those nothing refers to any more (no
+//! client, no pool) are folded, least recently seen first, into one retired sum.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -72,6 +78,16 @@ impl Histogram {
             .zip(&self.buckets)
             .map(|(b, n)| (*b, n.load(Ordering::Relaxed)))
             .collect()
+    }
+
+    /// Adds another histogram's observations to this one.
+    fn absorb(&self, other: &Histogram) {
+        for (mine, theirs) in self.buckets.iter().zip(&other.buckets) {
+            mine.fetch_add(theirs.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        self.sum_micros
+            .fetch_add(other.sum_micros.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.count.fetch_add(other.count(), Ordering::Relaxed);
     }
 
     pub fn average(&self) -> Duration {
@@ -158,6 +174,8 @@ pub struct TenantStats {
     errors: Mutex<HashMap<[u8; 5], u64>>,
     /// Connected clients, by id.
     clients: Mutex<HashMap<u64, Arc<ClientInfo>>>,
+    /// Microseconds after the metrics' epoch when a client last came or went.
+    last_seen: AtomicU64,
 }
 
 impl TenantStats {
@@ -173,6 +191,25 @@ impl TenantStats {
             transaction_time: Histogram::default(),
             errors: Mutex::default(),
             clients: Mutex::default(),
+            last_seen: AtomicU64::new(0),
+        }
+    }
+
+    /// Adds a retired tenant's counts to this sum (it has no clients left).
+    fn absorb(&self, other: &TenantStats) {
+        for (mine, theirs) in [
+            (&self.transactions, &other.transactions),
+            (&self.queries, &other.queries),
+            (&self.bytes_in, &other.bytes_in),
+            (&self.bytes_out, &other.bytes_out),
+        ] {
+            mine.fetch_add(theirs.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        self.checkout_wait.absorb(&other.checkout_wait);
+        self.transaction_time.absorb(&other.transaction_time);
+        let mut errors = self.errors.lock().unwrap();
+        for (code, n) in other.errors.lock().unwrap().iter() {
+            *errors.entry(*code).or_default() += n;
         }
     }
 
@@ -407,6 +444,7 @@ impl Drop for ClientSeen {
     fn drop(&mut self) {
         self.socket(None);
         let c = &self.0;
+        c.tenant.last_seen.store(c.now(), Ordering::Relaxed);
         tracing::info!(client = %format_args!("c{}", c.id), tenant = %c.tenant.name, user = %c.user, peer = %c.peer, "client disconnected");
         let tenant = &self.0.tenant;
         tenant.states[self.0.state.load(Ordering::Relaxed) as usize]
@@ -422,6 +460,11 @@ pub struct Metrics {
     pub started_at: SystemTime,
     /// Refusals by SQLSTATE, whatever the tenant (or none: an unknown tenant).
     refusals: Mutex<HashMap<String, u64>>,
+    /// Tenants tracked one by one before idle ones are retired.
+    max_tenants: AtomicUsize,
+    /// The figures of retired tenants, summed.
+    retired: TenantStats,
+    retired_count: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -431,6 +474,9 @@ impl Default for Metrics {
             epoch: Instant::now(),
             started_at: SystemTime::now(),
             refusals: Mutex::default(),
+            max_tenants: AtomicUsize::new(1000),
+            retired: TenantStats::new(TenantName::new("_other")),
+            retired_count: AtomicU64::new(0),
         }
     }
 }
@@ -441,10 +487,68 @@ impl Metrics {
         if let Some(stats) = self.tenants.get(name) {
             return stats.clone();
         }
-        self.tenants
+        let stats = self
+            .tenants
             .entry(name.clone())
             .or_insert_with(|| Arc::new(TenantStats::new(name.clone())))
-            .clone()
+            .clone();
+        // Only a tenant new to the table can take it past its bound.
+        let max = self.max_tenants.load(Ordering::Relaxed);
+        if self.tenants.len() > max {
+            self.retire(max);
+        }
+        stats
+    }
+
+    /// Retires what it can when more tenants than the bound are tracked: run by the
+    /// pools' upkeep, as tenants that had pools become unreferenced only later.
+    pub fn retire_beyond_bound(&self) {
+        let max = self.max_tenants.load(Ordering::Relaxed);
+        if self.tenants.len() > max {
+            self.retire(max);
+        }
+    }
+
+    /// `admin.metrics_max_tenants`.
+    pub fn set_max_tenants(&self, max: usize) {
+        self.max_tenants.store(max.max(1), Ordering::Relaxed);
+    }
+
+    /// Folds tenants nothing refers to (no client, no pool: only this table holds
+    /// them), least recently seen first, into the retired sum until at most `keep`
+    /// are tracked (a little under, so the next new tenants do not scan again).
+    fn retire(&self, keep: usize) {
+        let target = keep - keep / 8;
+        let mut idle: Vec<(u64, TenantName)> = self
+            .tenants
+            .iter()
+            .filter(|t| Arc::strong_count(t.value()) == 1)
+            .map(|t| (t.last_seen.load(Ordering::Relaxed), t.key().clone()))
+            .collect();
+        idle.sort_unstable();
+        for (_, name) in idle {
+            if self.tenants.len() <= target {
+                break;
+            }
+            // Checked again under the map's lock: a client may have come meanwhile.
+            if let Some((_, gone)) = self
+                .tenants
+                .remove_if(&name, |_, t| Arc::strong_count(t) == 1)
+            {
+                self.retired.absorb(&gone);
+                self.retired_count.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Tenants whose figures are kept one by one now.
+    pub fn tracked(&self) -> usize {
+        self.tenants.len()
+    }
+
+    /// How many tenants were retired, and their figures summed.
+    pub fn retired(&self) -> (u64, &TenantStats) {
+        (self.retired_count.load(Ordering::Relaxed), &self.retired)
     }
 
     pub fn find_tenant(&self, name: &str) -> Option<Arc<TenantStats>> {
@@ -499,6 +603,9 @@ impl Metrics {
             clients.insert(id, info.clone());
         }
         stats.states[ClientState::Idle as usize].fetch_add(1, Ordering::Relaxed);
+        stats
+            .last_seen
+            .store(self.epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
         Some(ClientSeen(info))
     }
 
@@ -544,6 +651,41 @@ mod tests {
         assert!(h.average() > Duration::from_micros(300));
         let total: u64 = h.buckets().iter().map(|(_, n)| n).sum();
         assert_eq!(total, 100);
+    }
+
+    #[test]
+    fn tenants_nothing_refers_to_are_retired_beyond_the_bound() {
+        let metrics = Metrics::default();
+        metrics.set_max_tenants(8);
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let held = metrics
+            .client_connected(1, &TenantName::new("held"), "app", peer, "session", -1, 9)
+            .unwrap();
+        for i in 0..100 {
+            let name = TenantName::new(&format!("t{i}"));
+            let seen = metrics
+                .client_connected(i + 2, &name, "app", peer, "session", -1, 9)
+                .unwrap();
+            seen.client_spoke();
+            seen.client_sent(b'Q');
+            seen.ready(b'I');
+            seen.tenant().error(b"42P01");
+            drop(seen);
+            assert!(metrics.tracked() <= 8, "{} tracked", metrics.tracked());
+        }
+        // The connected tenant stays; the others' figures are summed, not lost.
+        assert!(metrics.find_tenant("held").is_some());
+        let (retired, sum) = metrics.retired();
+        let kept: u64 = metrics
+            .tenants()
+            .iter()
+            .map(|t| t.transactions.load(Ordering::Relaxed))
+            .sum();
+        assert!(retired >= 92, "{retired}");
+        assert_eq!(sum.transactions.load(Ordering::Relaxed) + kept, 100);
+        assert_eq!(sum.transaction_time.count() + kept, 100);
+        assert_eq!(sum.errors()[0].1 + kept, 100);
+        drop(held);
     }
 
     #[test]

@@ -232,8 +232,18 @@ async fn pause_holds_new_transactions_until_resume() {
         .start()
         .await;
     let admin = console(&env).await;
+    // Each waiter writes its number when its turn comes: the sequence shows the order.
+    env.direct("pg-a", "erp")
+        .await
+        .batch_execute(
+            "CREATE TABLE tenant_acme.resume_order (seq serial PRIMARY KEY, who int);
+             GRANT ALL ON tenant_acme.resume_order, tenant_acme.resume_order_seq_seq TO app",
+        )
+        .await
+        .unwrap();
+    const WAITERS: usize = 6;
     let mut clients = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..WAITERS {
         let c = env.connect("app", "acme").await;
         assert_eq!(items(&c).await, ACME_ITEMS);
         clients.push(c);
@@ -260,15 +270,14 @@ async fn pause_holds_new_transactions_until_resume() {
     clients[0].batch_execute("COMMIT").await.unwrap();
     pausing.await.unwrap().expect("PAUSE returns once drained");
 
-    // New transactions wait, in order.
-    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    // New transactions wait, in a known order: each client queues only once the one
+    // before it is seen waiting.
     let mut waiting = Vec::new();
     for (i, c) in clients.into_iter().enumerate() {
-        let order = order.clone();
         waiting.push(tokio::spawn(async move {
-            let got = items(&c).await;
-            order.lock().unwrap().push(i);
-            got
+            c.simple_query(&format!("INSERT INTO resume_order (who) VALUES ({i})"))
+                .await
+                .map(|_| ())
         }));
         let waiters = eventually(Duration::from_secs(10), || async {
             let rows = show(&admin, "POOLS").await;
@@ -284,17 +293,24 @@ async fn pause_holds_new_transactions_until_resume() {
     // globex is not held up.
     let globex = env.connect("app", "globex").await;
     assert_eq!(items(&globex).await, GLOBEX_ITEMS);
-    assert!(order.lock().unwrap().is_empty());
+    let direct = env.direct("pg-a", "erp").await;
+    let order = || async {
+        direct
+            .query("SELECT who FROM tenant_acme.resume_order ORDER BY seq", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, i32>(0) as usize)
+            .collect::<Vec<_>>()
+    };
+    assert!(order().await.is_empty(), "nothing ran while paused");
 
     admin.simple_query("RESUME acme").await.unwrap();
     for w in waiting {
-        assert_eq!(w.await.unwrap(), ACME_ITEMS);
+        w.await.unwrap().expect("each waiter runs after RESUME");
     }
-    // The gate releases them in arrival order (unit-tested in pool::gate); which of
-    // them then takes the one server first is up to the scheduler.
-    let mut finished = order.lock().unwrap().clone();
-    finished.sort();
-    assert_eq!(finished, [0, 1, 2]);
+    // One server (pool_size 1): the waiters ran one at a time, in the order they came.
+    assert_eq!(order().await, (0..WAITERS).collect::<Vec<_>>());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -417,4 +433,102 @@ async fn reload_reads_the_registry_and_shutdown_stops() {
     tokio::time::timeout(Duration::from_secs(5), stop)
         .await
         .expect("SHUTDOWN asks the proxy to stop");
+}
+
+/// Under `proxy.auth = "scram-sha-256"` the console is for registry users listed in
+/// admin.users, who prove their password like everyone: psql and tokio-postgres get
+/// in, a wrong password is 28P01, a tenant's user with the right password is 28000.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_users_log_in_with_scram() {
+    const OPS_PW: &str = "ops-Console-9931";
+    const ALICE_PW: &str = "alice-Tenant-1234";
+    let users = format!(
+        "[users.ops]\npassword = {:?}\ntenants = []\n[users.alice]\npassword = {:?}\ntenants = [\"acme\"]\n",
+        pgtenant::auth::Verifier::scram_text(OPS_PW),
+        pgtenant::auth::Verifier::scram_text(ALICE_PW),
+    );
+    let env = EnvBuilder::erp()
+        .registry_extra(&users)
+        .settings("[proxy]\nauth = \"scram-sha-256\"\n[admin]\nusers = [\"ops\"]\n")
+        .start()
+        .await;
+    let with_password = |user: &str, db: &str, password: &str| {
+        let mut config = env.config(user, Some(db));
+        config.password(password);
+        config
+    };
+
+    // tokio-postgres: extended protocol, typed rows.
+    let admin = connect(&with_password("ops", "pgtenant", OPS_PW))
+        .await
+        .unwrap_or_else(|e| panic!("{}", describe(&e)));
+    let version = show(&admin, "VERSION").await;
+    assert!(version[0].get::<_, &str>(0).contains("pgtenant"));
+    // The console sees the tenant's client that logged in with its own password.
+    let alice = connect(&with_password("alice", "acme", ALICE_PW))
+        .await
+        .unwrap();
+    assert_eq!(items(&alice).await, ACME_ITEMS);
+    let clients = show(&admin, "CLIENTS").await;
+    assert!(
+        clients
+            .iter()
+            .any(|r| r.get::<_, &str>("tenant") == "acme" && r.get::<_, &str>("user") == "alice"),
+        "alice is listed"
+    );
+
+    // psql: simple protocol, the password from the environment.
+    let port = env.addr().port().to_string();
+    let psql = |user: &str, password: &str| {
+        let mut command = tokio::process::Command::new("/usr/bin/psql");
+        command
+            .args(["-X", "-h", "127.0.0.1", "-p", &port, "-U", user])
+            .args(["-d", "pgtenant", "-c", "SHOW TENANTS"])
+            .env("PGPASSWORD", password)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .stdin(std::process::Stdio::null());
+        command.output()
+    };
+    let out = psql("ops", OPS_PW).await.unwrap();
+    let table = psql_ok(&out);
+    assert!(
+        table.contains("acme") && table.contains("globex"),
+        "{table}"
+    );
+    let out = psql("ops", "wrong").await.unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("password authentication failed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Wrong password: 28P01; a registry user not in admin.users: 28000, even with
+    // the right password.
+    let err = connect(&with_password("ops", "pgtenant", "guess"))
+        .await
+        .map(|_| ())
+        .expect_err("wrong password");
+    assert_eq!(
+        err.code().map(|c| c.code()),
+        Some("28P01"),
+        "{}",
+        describe(&err)
+    );
+    let err = connect(&with_password("alice", "pgtenant", ALICE_PW))
+        .await
+        .map(|_| ())
+        .expect_err("alice is not a console user");
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("{}", describe(&err)));
+    assert_eq!(db.code().code(), "28000");
+    assert!(db.message().contains("admin.users"), "{}", db.message());
+    let out = psql("alice", ALICE_PW).await.unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("admin.users"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -95,3 +95,88 @@ async fn idle_in_transaction_is_rolled_back_released_and_told_25p03() {
     busy.batch_execute("SELECT pg_sleep(0.6)").await.unwrap();
     busy.batch_execute("COMMIT").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_s_own_client_limit_overrides_the_default() {
+    // The default lets 1 client per tenant; acme's registry entry lets 3.
+    let registry = ERP_REGISTRY.replace(
+        "search_path = [\"tenant_acme\"]",
+        "search_path = [\"tenant_acme\"]\nmax_client_conn = 3",
+    );
+    let env = EnvBuilder::erp()
+        .registry(&registry)
+        .settings("[proxy]\nmax_client_conn_per_tenant = 1\n")
+        .start()
+        .await;
+    let mut acme = Vec::new();
+    for _ in 0..3 {
+        acme.push(env.connect("app", "acme").await);
+    }
+    let err = env
+        .try_connect("app", "acme")
+        .await
+        .map(|_| ())
+        .expect_err("a fourth acme client is refused");
+    let db = err.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "53300");
+    assert!(
+        db.message().contains("tenant \"acme\"")
+            && db.message().contains("at most 3")
+            && db.message().contains("max_client_conn"),
+        "{}",
+        db.message()
+    );
+    for c in &acme {
+        assert_eq!(items(c).await, ACME_ITEMS);
+    }
+    // globex has no entry of its own: the default of 1 holds.
+    let globex = env.connect("app", "globex").await;
+    let err = env
+        .try_connect("app", "globex")
+        .await
+        .map(|_| ())
+        .expect_err("a second globex client is refused");
+    let db = err.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "53300");
+    assert!(
+        db.message().contains("tenant \"globex\"")
+            && db.message().contains("proxy.max_client_conn_per_tenant"),
+        "{}",
+        db.message()
+    );
+    assert_eq!(items(&globex).await, GLOBEX_ITEMS);
+}
+
+/// `pool.query_wait_timeout`: a connected transaction-mode client whose query finds
+/// no server within it is refused 57014 naming the setting, long before
+/// `pool.checkout_timeout` would have ended its wait (53300).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_waiting_past_query_wait_timeout_gets_57014() {
+    let env = EnvBuilder::erp()
+        .settings(
+            "[proxy]\npool_mode = \"transaction\"\n[pool]\npool_size = 1\ncheckout_timeout = \"60s\"\nquery_wait_timeout = \"300ms\"\n",
+        )
+        .start()
+        .await;
+    let holder = env.connect("app", "acme").await;
+    let waiter = env.connect("app", "acme").await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(items(&holder).await, ACME_ITEMS);
+    let err = tokio::time::timeout(Duration::from_secs(30), waiter.simple_query("SELECT 1"))
+        .await
+        .expect("refused by query_wait_timeout, not left to checkout_timeout")
+        .expect_err("no server for the query");
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("{}", describe(&err)));
+    assert_eq!(db.code().code(), "57014", "{}", describe(&err));
+    assert!(
+        db.message().contains("query_wait_timeout") && db.message().contains("tenant \"acme\""),
+        "{}",
+        db.message()
+    );
+    // The holder goes on; once it is done, a new client is served.
+    holder.batch_execute("COMMIT").await.unwrap();
+    let next = env.connect("app", "acme").await;
+    assert_eq!(items(&next).await, ACME_ITEMS);
+}

@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use common::*;
 
@@ -251,5 +252,168 @@ async fn the_grafana_dashboard_asks_only_for_exported_series() {
                 .any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} "))),
             "the dashboard asks for {name}, which /metrics does not export"
         );
+    }
+}
+
+/// Several tenants with known numbers of transactions and errors: per tenant the
+/// counters, the errors by SQLSTATE and the checkout-wait histogram's count (one
+/// checkout per transaction in transaction mode) match what the load did exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_and_checkout_waits_count_per_tenant() {
+    let env = EnvBuilder::erp()
+        .settings(&format!(
+            "{HTTP}[proxy]\npool_mode = \"transaction\"\npark_after = \"0s\"\n[pool]\npool_size = 2\n"
+        ))
+        .start()
+        .await;
+    let base = format!("http://{}", env.server().http_addr().unwrap());
+    // (tenant, clients, queries each, failing statement, its SQLSTATE, failures)
+    let plan = [
+        ("acme", 4, 30, "SELECT 1/0", "22012", 3),
+        ("globex", 3, 20, "SELECT * FROM no_such_table", "42P01", 2),
+    ];
+    let mut connected = Vec::new();
+    for (tenant, clients, ..) in plan {
+        for _ in 0..clients {
+            connected.push((tenant, env.connect("app", tenant).await));
+        }
+    }
+    // What connecting alone cost (a tenant's first client may need a server to
+    // learn what to greet with).
+    let (_, text) = get(&format!("{base}/metrics"), None).await;
+    let before = samples(&text);
+    let waits_before = |tenant: &str| {
+        before
+            .get(&format!(
+                "pgtenant_tenant_checkout_wait_seconds_count{{tenant=\"{tenant}\"}}"
+            ))
+            .copied()
+            .unwrap_or(0.0)
+    };
+
+    let mut load = Vec::new();
+    for (tenant, client) in connected {
+        let queries = plan.iter().find(|p| p.0 == tenant).unwrap().2;
+        load.push(tokio::spawn(async move {
+            for i in 0..queries {
+                // Simple protocol: one message, one server exchange, one checkout.
+                client.simple_query(&format!("SELECT {i}")).await.unwrap();
+            }
+            (tenant, client)
+        }));
+    }
+    let mut clients = Vec::new();
+    for l in load {
+        clients.push(l.await.unwrap());
+    }
+    for (tenant, _, _, failing, code, failures) in plan {
+        let (_, client) = clients.iter().find(|(t, _)| *t == tenant).unwrap();
+        for _ in 0..failures {
+            let err = client.simple_query(failing).await.unwrap_err();
+            assert_eq!(err.code().unwrap().code(), code);
+        }
+    }
+    // Refusals of the proxy's own, counted whatever the tenant.
+    for _ in 0..2 {
+        assert!(env.try_connect("app", "no_such_tenant").await.is_err());
+    }
+
+    let (_, text) = get(&format!("{base}/metrics"), None).await;
+    let s = samples(&text);
+    for (tenant, clients, queries, _, code, failures) in plan {
+        let t = format!("tenant=\"{tenant}\"");
+        let transactions = (clients * queries + failures) as f64;
+        assert_eq!(
+            sample(&s, &format!("pgtenant_tenant_queries_total{{{t}}}")),
+            transactions,
+            "{tenant}"
+        );
+        assert_eq!(
+            sample(&s, &format!("pgtenant_tenant_transactions_total{{{t}}}")),
+            transactions,
+            "{tenant}"
+        );
+        assert_eq!(
+            sample(
+                &s,
+                &format!("pgtenant_tenant_errors_total{{{t},sqlstate=\"{code}\"}}")
+            ),
+            failures as f64,
+            "{tenant}"
+        );
+        let errors: Vec<_> = s
+            .keys()
+            .filter(|k| k.starts_with(&format!("pgtenant_tenant_errors_total{{{t}")))
+            .collect();
+        assert_eq!(errors.len(), 1, "{tenant}: {errors:?}");
+        let waits = sample(
+            &s,
+            &format!("pgtenant_tenant_checkout_wait_seconds_count{{{t}}}"),
+        );
+        assert_eq!(waits - waits_before(tenant), transactions, "{tenant}");
+        assert_eq!(
+            sample(
+                &s,
+                &format!("pgtenant_tenant_checkout_wait_seconds_bucket{{le=\"+Inf\",{t}}}")
+            ),
+            waits,
+            "{tenant}"
+        );
+        assert_eq!(
+            sample(
+                &s,
+                &format!("pgtenant_tenant_transaction_seconds_count{{{t}}}")
+            ),
+            transactions,
+            "{tenant}"
+        );
+    }
+    assert_eq!(
+        sample(&s, "pgtenant_refusals_total{sqlstate=\"3D000\"}"),
+        2.0
+    );
+}
+
+/// Tenants that come and go do not make the proxy's memory grow: beyond
+/// admin.metrics_max_tenants, those with no client and no pool left are retired
+/// into tenant="_other", whose counts keep what they did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_that_left_are_retired_and_their_counts_kept() {
+    const MAX: usize = 4;
+    let env = EnvBuilder::erp()
+        .registry_extra(
+            "[tenants.\"*\"]\nhost = \"pg-a\"\ndatabase = \"erp\"\nsearch_path = [\"public\"]\nbackend_user = \"app\"\n",
+        )
+        .settings(&format!(
+            "{HTTP}metrics_max_tenants = {MAX}\n[proxy]\npool_mode = \"transaction\"\npark_after = \"0s\"\n[pool]\nidle_timeout = \"1s\"\n"
+        ))
+        .start()
+        .await;
+    let base = format!("http://{}", env.server().http_addr().unwrap());
+    let scrape = || async {
+        let (_, text) = get(&format!("{base}/metrics"), None).await;
+        samples(&text)
+    };
+    let mut served = 0;
+    for wave in 0..3 {
+        for i in 0..8 {
+            let c = env.connect("app", &format!("w{wave}_{i}")).await;
+            c.simple_query("SELECT 1").await.unwrap();
+            served += 1;
+        }
+        // Once their clients and pools are gone, at most MAX are tracked again.
+        let bounded = eventually(Duration::from_secs(20), || async {
+            let s = scrape().await;
+            (sample(&s, "pgtenant_tenants_tracked") <= MAX as f64).then_some(s)
+        })
+        .await
+        .unwrap_or_else(|| panic!("wave {wave}: more than {MAX} tenants stay tracked"));
+        let transactions: f64 = bounded
+            .iter()
+            .filter(|(k, _)| k.starts_with("pgtenant_tenant_transactions_total{"))
+            .map(|(_, v)| v)
+            .sum();
+        assert_eq!(transactions, served as f64, "wave {wave}: counts kept");
+        assert!(sample(&bounded, "pgtenant_tenants_retired_total") >= (served - MAX) as f64);
     }
 }

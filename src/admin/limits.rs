@@ -16,16 +16,21 @@ use crate::proxy::refusal::Refusal;
 use crate::proxy::Resolved;
 
 /// Enters a resolved client into its tenant's table, or refuses it (53300) when the
-/// tenant is at `proxy.max_client_conn_per_tenant`.
+/// tenant is at its `max_client_conn` (registry) or `proxy.max_client_conn_per_tenant`.
 pub fn admit(
     app: &App,
     id: ClientId,
     resolved: &Resolved,
     stream: &TcpStream,
 ) -> Result<ClientSeen, Refusal> {
-    let limit = match app.settings.proxy.max_client_conn_per_tenant {
-        0 => usize::MAX,
-        n => n,
+    // The tenant's own limit in the registry, else the proxy's default for all.
+    let (limit, key) = match (
+        resolved.tenant.max_client_conn,
+        app.settings.proxy.max_client_conn_per_tenant,
+    ) {
+        (Some(n), _) => (n, "the tenant's max_client_conn"),
+        (None, 0) => (usize::MAX, ""),
+        (None, n) => (n, "proxy.max_client_conn_per_tenant"),
     };
     let mode = resolved
         .tenant
@@ -55,7 +60,7 @@ pub fn admit(
                 .error(sqlstate::TOO_MANY_CONNECTIONS.code().as_bytes());
             Err(Refusal::new(
                 sqlstate::TOO_MANY_CONNECTIONS,
-                format!("tenant \"{tenant}\" has too many clients: at most {limit} (proxy.max_client_conn_per_tenant)"),
+                format!("tenant \"{tenant}\" has too many clients: at most {limit} ({key})"),
             ))
         }
     }

@@ -97,6 +97,8 @@ struct HostFigures {
 struct Scrape {
     tenants: Vec<(String, TenantFigures)>,
     folded: u64,
+    tracked: u64,
+    retired: u64,
     hosts: Vec<HostFigures>,
     clients: u64,
     parked: u64,
@@ -148,7 +150,12 @@ fn scrape(app: &App) -> Scrape {
             folded += 1;
         }
     }
-    if folded > 0 {
+    // Tenants retired from memory (nothing referred to them) keep counting here.
+    let (retired, sum) = app.metrics.retired();
+    if retired > 0 {
+        other.add(sum, (0, 0), false);
+    }
+    if folded > 0 || retired > 0 {
         shown.push((OTHER.to_string(), other));
     }
     let snapshot = app.registry.snapshot();
@@ -172,6 +179,8 @@ fn scrape(app: &App) -> Scrape {
     Scrape {
         tenants: shown,
         folded,
+        tracked: app.metrics.tracked() as u64,
+        retired,
         hosts,
         clients: app.clients.load(Ordering::Relaxed) as u64,
         parked: app.parking.len() as u64,
@@ -359,6 +368,18 @@ impl Collector for Scrape {
             "pgtenant_tenants_folded",
             "Tenants summed under tenant=\"_other\" (beyond admin.metrics_max_tenants).",
             [(vec![], self.folded as f64)],
+        )?;
+        gauge(
+            &mut e,
+            "pgtenant_tenants_tracked",
+            "Tenants whose figures the proxy keeps one by one now.",
+            [(vec![], self.tracked as f64)],
+        )?;
+        counter(
+            &mut e,
+            "pgtenant_tenants_retired",
+            "Tenants whose figures were folded into tenant=\"_other\" for good: no client and no pool left, beyond admin.metrics_max_tenants.",
+            [(vec![], self.retired)],
         )?;
         let host = |h: &HostFigures| vec![("host", h.host.clone()), ("address", h.address.clone())];
         gauge(

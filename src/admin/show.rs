@@ -257,6 +257,7 @@ fn config(app: &App) -> Rows {
         ("pool.pool_size", s.pool.pool_size.to_string()),
         ("pool.min_idle", s.pool.min_idle.to_string()),
         ("pool.checkout_timeout", d(s.pool.checkout_timeout)),
+        ("pool.query_wait_timeout", d(s.pool.query_wait_timeout)),
         ("pool.connect_timeout", d(s.pool.connect_timeout)),
         ("pool.idle_timeout", d(s.pool.idle_timeout)),
         ("pool.max_lifetime", d(s.pool.max_lifetime)),

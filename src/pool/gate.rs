@@ -2,6 +2,10 @@
 //! instead of taking a server; those already holding one finish. What PAUSE/RESUME
 //! and tenant moves are built on.
 //!
+//! RESUME lets the waiters go one after the other, not all at once: each wakes the
+//! next only once it has queued for a slot of its pool (`Passed`), so they get
+//! servers in the order they came rather than the order the scheduler runs them.
+//!
 //! A gate lives per tenant name, outside the pools: a pool replaced by a registry
 //! change (or dropped when idle and made again) finds the same gate.
 
@@ -29,21 +33,34 @@ impl Gate {
         self.paused.load(Ordering::Relaxed)
     }
 
-    /// Waits while the gate is closed, until `deadline`; `false` when still closed then.
-    pub(super) async fn pass(&self, deadline: Instant) -> bool {
+    /// Waits while the gate is closed, until `deadline`; `None` when still closed
+    /// then. The caller holds the returned turn until it has queued for what comes
+    /// next (a pool slot): dropping it lets the next waiter go.
+    pub(super) async fn pass(&self, deadline: Instant) -> Option<Passed<'_>> {
         let rx = {
             let mut waiters = self.waiters.lock().unwrap();
             if !self.paused.load(Ordering::Acquire) {
-                return true;
+                return Some(Passed(None));
             }
             let (tx, rx) = oneshot::channel();
             waiters.push_back(tx);
             rx
         };
-        matches!(
+        let mut waiting = Waiting {
+            gate: self,
+            rx: Some(rx),
+        };
+        let rx = waiting.rx.as_mut().expect("set above");
+        let woken = matches!(
             tokio::time::timeout_at(deadline.into(), rx).await,
             Ok(Ok(()))
-        )
+        );
+        if !woken {
+            // Dropping `waiting` hands a turn that came as the deadline passed on.
+            return None;
+        }
+        waiting.rx = None;
+        Some(Passed(Some(self)))
     }
 
     fn pause(&self) {
@@ -51,15 +68,30 @@ impl Gate {
         self.paused.store(true, Ordering::Release);
     }
 
-    /// Opens the gate and lets the waiters through in the order they came.
+    /// Opens the gate and lets the first waiter through; each lets the next one go
+    /// (`Passed`). How many were waiting.
     fn resume(&self) -> usize {
-        let mut waiters = self.waiters.lock().unwrap();
-        self.paused.store(false, Ordering::Release);
-        let mut released = 0;
-        for waiter in waiters.drain(..) {
-            released += usize::from(waiter.send(()).is_ok());
-        }
+        let released = {
+            let mut waiters = self.waiters.lock().unwrap();
+            self.paused.store(false, Ordering::Release);
+            waiters.retain(|w| !w.is_closed());
+            waiters.len()
+        };
+        self.next();
         released
+    }
+
+    /// Wakes the first waiter still there, unless the gate was closed again.
+    fn next(&self) {
+        let mut waiters = self.waiters.lock().unwrap();
+        if self.paused.load(Ordering::Acquire) {
+            return;
+        }
+        while let Some(waiter) = waiters.pop_front() {
+            if waiter.send(()).is_ok() {
+                return;
+            }
+        }
     }
 
     /// Checkouts waiting at this gate now.
@@ -67,6 +99,34 @@ impl Gate {
         let mut waiters = self.waiters.lock().unwrap();
         waiters.retain(|w| !w.is_closed());
         waiters.len()
+    }
+}
+
+/// A checkout's turn through a gate: the next waiter goes when it is dropped.
+pub(super) struct Passed<'a>(Option<&'a Gate>);
+
+impl Drop for Passed<'_> {
+    fn drop(&mut self) {
+        if let Some(gate) = self.0 {
+            gate.next();
+        }
+    }
+}
+
+/// A place in the gate's queue; a turn given to a waiter that is gone (its deadline
+/// passed as it came, or its client left) goes on to the next one.
+struct Waiting<'a> {
+    gate: &'a Gate,
+    rx: Option<oneshot::Receiver<()>>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Some(mut rx) = self.rx.take() {
+            if rx.try_recv().is_ok() {
+                self.gate.next();
+            }
+        }
     }
 }
 
@@ -80,6 +140,14 @@ impl Gates {
             return gate.clone();
         }
         self.0.entry(tenant.clone()).or_default().clone()
+    }
+
+    /// Forgets the open gates no pool uses and nobody waits at: one is made again
+    /// when needed, so tenants that came and went cost nothing here.
+    pub(super) fn prune(&self) {
+        self.0.retain(|_, gate| {
+            Arc::strong_count(gate) > 1 || gate.is_paused() || gate.waiting() > 0
+        });
     }
 }
 
@@ -168,20 +236,16 @@ impl Pools {
 }
 
 /// The checkout side: waits at a closed gate until RESUME or the checkout deadline.
-pub(super) async fn pass(
-    gate: &Gate,
+pub(super) async fn pass<'a>(
+    gate: &'a Gate,
     tenant: &TenantName,
     started: Instant,
     deadline: Instant,
-) -> Result<(), PoolError> {
-    if gate.pass(deadline).await {
-        Ok(())
-    } else {
-        Err(PoolError::Paused {
-            tenant: tenant.clone(),
-            waited: started.elapsed(),
-        })
-    }
+) -> Result<Passed<'a>, PoolError> {
+    gate.pass(deadline).await.ok_or_else(|| PoolError::Paused {
+        tenant: tenant.clone(),
+        waited: started.elapsed(),
+    })
 }
 
 #[cfg(test)]
@@ -197,8 +261,9 @@ mod tests {
         for i in 0..5 {
             let (waiter, order) = (gate.clone(), order.clone());
             tasks.push(tokio::spawn(async move {
-                let ok = waiter.pass(Instant::now() + Duration::from_secs(30)).await;
-                order.lock().unwrap().push((i, ok));
+                let passed = waiter.pass(Instant::now() + Duration::from_secs(30)).await;
+                // The next one goes only when this one is done with its turn.
+                order.lock().unwrap().push((i, passed.is_some()));
             }));
             // Each waiter queues before the next one comes.
             while gate.waiting() <= i {
@@ -217,8 +282,41 @@ mod tests {
     async fn a_waiter_past_its_deadline_is_refused() {
         let gate = Gate::default();
         gate.pause();
-        assert!(!gate.pass(Instant::now() + Duration::from_millis(20)).await);
+        assert!(gate
+            .pass(Instant::now() + Duration::from_millis(20))
+            .await
+            .is_none());
         gate.resume();
-        assert!(gate.pass(Instant::now()).await);
+        assert!(gate.pass(Instant::now()).await.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_left_does_not_stop_the_others() {
+        let gate = Arc::new(Gate::default());
+        gate.pause();
+        let gone = {
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                let _ = gate.pass(Instant::now() + Duration::from_secs(30)).await;
+            })
+        };
+        while gate.waiting() < 1 {
+            tokio::task::yield_now().await;
+        }
+        let stays = {
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                gate.pass(Instant::now() + Duration::from_secs(30))
+                    .await
+                    .is_some()
+            })
+        };
+        while gate.waiting() < 2 {
+            tokio::task::yield_now().await;
+        }
+        gone.abort();
+        let _ = gone.await;
+        gate.resume();
+        assert!(stays.await.unwrap());
     }
 }

@@ -85,6 +85,9 @@ impl Pools {
         // Greetings no pool uses any more go with their last pool.
         self.greetings
             .retain(|_, greeting| Arc::strong_count(greeting) > 1);
+        // Tenants whose last pool just went may have figures to retire.
+        self.metrics.retire_beyond_bound();
+        self.gates.prune();
         someone_waits
     }
 }

@@ -18,7 +18,9 @@ pub mod report;
 pub mod statements;
 mod tenant;
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -40,6 +42,13 @@ pub enum PoolError {
         "tenant \"{tenant}\": no server connection free within {waited:?} (pool_size {pool_size})"
     )]
     Timeout {
+        tenant: TenantName,
+        pool_size: usize,
+        waited: Duration,
+    },
+    /// Transaction mode, `pool.query_wait_timeout`: the query waited too long.
+    #[error("query_wait_timeout: tenant \"{tenant}\": no server connection free for the query within {waited:?} (pool_size {pool_size})")]
+    QueryWait {
         tenant: TenantName,
         pool_size: usize,
         waited: Duration,
@@ -150,8 +159,38 @@ impl Pools {
     /// A server connection for `tenant` as `user`: an idle one that is still alive, or
     /// a new one within the tenant's pool size and the host's budget.
     pub async fn checkout(&self, handle: &PoolHandle) -> Result<PooledConn, PoolError> {
+        self.checkout_within(handle, self.settings.checkout_timeout)
+            .await
+    }
+
+    /// A server for the next query of a connected transaction-mode client: waits up
+    /// to `pool.query_wait_timeout` when it is set, else as `checkout` does.
+    pub async fn checkout_for_query(&self, handle: &PoolHandle) -> Result<PooledConn, PoolError> {
+        let within = self.settings.query_wait_timeout;
+        if within.is_zero() {
+            return self.checkout(handle).await;
+        }
+        match self.checkout_within(handle, within).await {
+            Err(PoolError::Timeout {
+                tenant,
+                pool_size,
+                waited,
+            }) => Err(PoolError::QueryWait {
+                tenant,
+                pool_size,
+                waited,
+            }),
+            other => other,
+        }
+    }
+
+    async fn checkout_within(
+        &self,
+        handle: &PoolHandle,
+        within: Duration,
+    ) -> Result<PooledConn, PoolError> {
         let started = Instant::now();
-        let checked_out = self.checkout_inner(handle, started).await;
+        let checked_out = self.checkout_inner(handle, started, within).await;
         if checked_out.is_ok() {
             handle.0.stats.checkout_wait.observe(started.elapsed());
         }
@@ -162,21 +201,32 @@ impl Pools {
         &self,
         handle: &PoolHandle,
         started: Instant,
+        within: Duration,
     ) -> Result<PooledConn, PoolError> {
         let pool = &handle.0;
-        let deadline = started + self.settings.checkout_timeout;
-        if pool.gate.is_paused() {
-            gate::pass(&pool.gate, &pool.tenant, started, deadline).await?;
-        }
+        let deadline = started + within;
+        let passed = match pool.gate.is_paused() {
+            true => Some(gate::pass(&pool.gate, &pool.tenant, started, deadline).await?),
+            false => None,
+        };
         let timeout = || PoolError::Timeout {
             tenant: pool.tenant.clone(),
             pool_size: pool.size,
             waited: started.elapsed(),
         };
-        let slot = tokio::time::timeout_at(deadline.into(), pool.slots.clone().acquire_owned())
-            .await
-            .map_err(|_| timeout())?
-            .expect("pool semaphores are never closed");
+        let acquire = pool.slots.clone().acquire_owned();
+        tokio::pin!(acquire);
+        // Queued for a slot (the semaphore is FIFO) before the next waiter at the
+        // gate goes: after RESUME they get servers in the order they came.
+        let first = std::future::poll_fn(|cx| Poll::Ready(acquire.as_mut().poll(cx))).await;
+        drop(passed);
+        let slot = match first {
+            Poll::Ready(slot) => slot,
+            Poll::Pending => tokio::time::timeout_at(deadline.into(), acquire)
+                .await
+                .map_err(|_| timeout())?,
+        }
+        .expect("pool semaphores are never closed");
 
         // Our own idle connection, else a new one within the host's budget, else an
         // idle connection of another tenant closed to make room, else wait for a change.

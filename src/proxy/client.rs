@@ -79,14 +79,15 @@ pub async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, id: Clien
     let span = tracing::debug_span!("client", %id, %peer, tenant = tracing::field::Empty, user = tracing::field::Empty);
     async move {
         let _ = stream.set_nodelay(true);
+        let mut who = Who::default();
         // The startup phase is boxed: its state is freed once the relay runs, so a
         // long-lived idle client keeps only the relay's state.
-        let result = match Box::pin(start(&app, stream, id)).await {
+        let result = match Box::pin(start(&app, stream, id, &mut who)).await {
             Ok(Some(session)) => relay(session).await,
             Ok(None) => Ok(Served::Done),
             Err(refusal) => Err(refusal),
         };
-        log_end(&app, id, peer, result)
+        log_end(&app, id, peer, &who, result)
     }
     .instrument(span)
     .await
@@ -109,6 +110,10 @@ async fn resume(app: Arc<App>, parked: Parked) -> Served {
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let span = tracing::debug_span!("client", %id, %peer, tenant = %carried.resolved.tenant.name, user = %carried.resolved.user);
+    let who = Who {
+        tenant: Some(carried.resolved.tenant.name.clone()),
+        user: Some(carried.resolved.user.as_str().into()),
+    };
     async move {
         let session = Box::new(Session::new(
             &app,
@@ -117,18 +122,35 @@ async fn resume(app: Arc<App>, parked: Parked) -> Served {
             PoolMode::Transaction,
             carried,
         ));
-        log_end(&app, id, peer, relay(session).await)
+        log_end(&app, id, peer, &who, relay(session).await)
     }
     .instrument(span)
     .await
 }
 
-fn log_end(app: &App, id: ClientId, peer: SocketAddr, result: Result<Served, Refusal>) -> Served {
+/// Who a client is, as far as its startup got: for the line that logs its refusal
+/// (the client span is debug-level, so the line names them itself).
+#[derive(Default)]
+struct Who {
+    tenant: Option<crate::registry::TenantName>,
+    user: Option<Arc<str>>,
+}
+
+fn log_end(
+    app: &App,
+    id: ClientId,
+    peer: SocketAddr,
+    who: &Who,
+    result: Result<Served, Refusal>,
+) -> Served {
     match result {
         Ok(served) => served,
         Err(refusal) => {
             app.metrics.refused(refusal.code.code());
-            tracing::info!(%id, %peer, code = refusal.code.code(), "refused: {}", refusal.message);
+            let tenant = who.tenant.as_ref().map(|t| t.as_str());
+            let user = who.user.as_deref();
+            let detail = refusal.detail.as_deref();
+            tracing::info!(client = %id, tenant, user, %peer, code = refusal.code.code(), detail, "refused: {}", refusal.message);
             Served::Done
         }
     }
@@ -137,11 +159,12 @@ fn log_end(app: &App, id: ClientId, peer: SocketAddr, result: Result<Served, Ref
 /// Handshake to ReadyForQuery: a session ready to relay, or `None` when there is
 /// nothing to serve (a cancel request, a client that left). Refusals are written to
 /// the client here; the returned one is for the log.
-async fn start(
-    app: &App,
+async fn start<'a>(
+    app: &'a App,
     stream: TcpStream,
     id: ClientId,
-) -> Result<Option<Box<Session<'_>>>, Refusal> {
+    who: &mut Who,
+) -> Result<Option<Box<Session<'a>>>, Refusal> {
     let (stream, handshake) = read_startup(app, stream).await;
     let (mut startup, pending, mut stream) = match (handshake, stream) {
         (Ok(Handshake::Startup(startup, pending)), Some(stream)) => (startup, pending, stream),
@@ -154,6 +177,7 @@ async fn start(
         (Err(e), Some(mut stream)) => return Err(refuse(&mut stream, Refusal::from(&e)).await),
     };
 
+    who.user = startup.get("user").map(Arc::from);
     let mut out = BytesMut::new();
     if startup.needs_negotiation() {
         messages::negotiate_protocol_version(&mut out, SUPPORTED_MINOR, &startup.protocol_options);
@@ -173,8 +197,15 @@ async fn start(
     let sources = &app.settings.proxy.tenant_from;
     let resolved = match resolve_client(&snapshot, sources, &mut startup, sni.as_deref()) {
         Ok(resolved) => resolved,
-        Err(e) => return Err(refuse_after(&mut stream, out, Refusal::from(&e)).await),
+        Err(e) => {
+            if let super::resolve::ResolveError::UnknownTenant(asked) = &e {
+                who.tenant = Some(crate::registry::TenantName::new(asked));
+            }
+            return Err(refuse_after(&mut stream, out, Refusal::from(&e)).await);
+        }
     };
+    who.tenant = Some(resolved.tenant.name.clone());
+    who.user = Some(resolved.user.as_str().into());
     let span = tracing::Span::current();
     span.record("tenant", resolved.tenant.name.as_str());
     span.record("user", resolved.user.as_str());

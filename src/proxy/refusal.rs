@@ -15,6 +15,8 @@ use crate::protocol::FrameError;
 pub struct Refusal {
     pub code: SqlState,
     pub message: String,
+    /// What only the log is told (an address, the system's error).
+    pub detail: Option<Box<str>>,
 }
 
 impl Refusal {
@@ -22,7 +24,14 @@ impl Refusal {
         Refusal {
             code,
             message: message.into(),
+            detail: None,
         }
+    }
+
+    /// Adds what the operator needs and the client is not told.
+    pub fn with_detail(mut self, detail: impl std::fmt::Display) -> Refusal {
+        self.detail = Some(detail.to_string().into());
+        self
     }
 
     /// The FATAL ErrorResponse for this refusal.
@@ -75,6 +84,9 @@ impl From<&PoolError> for Refusal {
             PoolError::Timeout { .. } => {
                 Refusal::new(sqlstate::TOO_MANY_CONNECTIONS, e.to_string())
             }
+            // As PgBouncer's query_wait_timeout: the query is not run; 57014 is what
+            // drivers report as a query timeout.
+            PoolError::QueryWait { .. } => Refusal::new(sqlstate::QUERY_CANCELED, e.to_string()),
             PoolError::Paused { .. } => Refusal::new(sqlstate::CANNOT_CONNECT_NOW, e.to_string()),
             PoolError::Backend {
                 tenant,
@@ -92,10 +104,13 @@ impl From<&PoolError> for Refusal {
                         fields.message
                     ),
                 ),
+                // The log names the address and what the system said (connection
+                // refused, timed out); the client is told less.
                 _ if source.is_unreachable() => Refusal::new(
                     sqlstate::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
                     format!("tenant \"{tenant}\": host {host} is unreachable"),
-                ),
+                )
+                .with_detail(source),
                 _ => Refusal::new(
                     sqlstate::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
                     format!(

@@ -12,6 +12,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "instance slots",
         include_str!("migrations/002_instance_slots.sql"),
     ),
+    (
+        3,
+        "tenant client limit",
+        include_str!("migrations/003_tenant_client_limit.sql"),
+    ),
 ];
 
 /// Connects to `url` with the registry's client settings (no TLS).

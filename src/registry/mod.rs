@@ -107,6 +107,8 @@ pub struct Tenant {
     /// `Some(false)`: keep dedicated server connections even where schema tenants
     /// share them (`pool.share_schema_tenants`).
     pub share: Option<bool>,
+    /// Clients of this tenant connected at once; `None`: `proxy.max_client_conn_per_tenant`.
+    pub max_client_conn: Option<usize>,
 }
 
 /// The part of the template entry `[tenants."*"]` that is filled in per tenant.
@@ -191,6 +193,7 @@ impl Snapshot {
             min_idle: template.min_idle,
             pool_mode: template.pool_mode,
             share: template.share,
+            max_client_conn: template.max_client_conn,
         }))
     }
 
@@ -307,6 +310,7 @@ mod tests {
             min_idle: None,
             pool_mode: None,
             share: None,
+            max_client_conn: None,
         }
     }
 

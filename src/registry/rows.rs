@@ -15,7 +15,7 @@ pub const SOURCE: &str = "registry database";
 pub const HOSTS_QUERY: &str = "SELECT name, address, max_connections, tls, tls_ca_file, \
      tls_server_name, auth_user, auth_password, admin_user, admin_password FROM pgtenant.hosts";
 pub const TENANTS_QUERY: &str = "SELECT name, host, database, search_path, backend_user, \
-     backend_password, pool_size, min_idle, pool_mode, share FROM pgtenant.tenants";
+     backend_password, pool_size, min_idle, pool_mode, share, max_client_conn FROM pgtenant.tenants";
 pub const USERS_QUERY: &str = "SELECT name, password, tenants FROM pgtenant.users";
 
 /// A client error with the server's message (tokio-postgres prints "db error" alone).
@@ -104,6 +104,7 @@ fn convert(results: &[Vec<SimpleQueryRow>]) -> Result<RawFile, ReadError> {
             min_idle: r.number("min_idle"),
             pool_mode: r.pool_mode("pool_mode"),
             share: r.boolean("share"),
+            max_client_conn: r.number("max_client_conn"),
         };
         if raw.tenants.insert(name.clone(), tenant).is_some() {
             r.problem("name", format!("tenant \"{name}\" is listed twice"));

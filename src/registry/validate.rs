@@ -68,6 +68,7 @@ pub(crate) struct RawTenant {
     pub(crate) min_idle: Option<usize>,
     pub(crate) pool_mode: Option<PoolMode>,
     pub(crate) share: Option<bool>,
+    pub(crate) max_client_conn: Option<usize>,
 }
 
 /// Validates a registry read from any source; `file` names the source in messages.
@@ -172,6 +173,12 @@ pub(crate) fn validate(
         if raw_tenant.pool_size == Some(0) {
             problem(format!("{key}.pool_size"), "must be at least 1".into());
         }
+        if raw_tenant.max_client_conn == Some(0) {
+            problem(
+                format!("{key}.max_client_conn"),
+                "must be at least 1".into(),
+            );
+        }
         if let (Some(min_idle), Some(size)) = (raw_tenant.min_idle, raw_tenant.pool_size) {
             if min_idle > size {
                 problem(
@@ -234,6 +241,7 @@ pub(crate) fn validate(
             min_idle: raw_tenant.min_idle,
             pool_mode: raw_tenant.pool_mode,
             share: raw_tenant.share,
+            max_client_conn: raw_tenant.max_client_conn,
         };
         if name == TEMPLATE_KEY {
             template = Some(tenant);

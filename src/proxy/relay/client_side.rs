@@ -101,7 +101,7 @@ impl Session<'_> {
                 let conn = self.server.as_mut().expect("attached above").conn();
                 if let Some(pin) = read.as_ref().and_then(|r| r.pin) {
                     if self.pinned.is_none() {
-                        tracing::info!(client = %self.id, tenant = %self.resolved.tenant.name, user = %self.resolved.user, reason = pin.reason(), "client pinned to its server connection");
+                        tracing::info!(client = %self.id, tenant = %self.resolved.tenant.name, user = %self.resolved.user, peer = %self.seen.info().peer, reason = pin.reason(), "client pinned to its server connection");
                         self.pinned = Some(pin);
                     }
                 }
@@ -184,7 +184,7 @@ impl Session<'_> {
             self.checkout_and_attach(pool, ready).await?;
         }
         if transaction_mode && matches!(tag, b'Q' | b'P') && self.pinned.is_none() {
-            tracing::info!(client = %self.id, tenant = %self.resolved.tenant.name, user = %self.resolved.user, reason = sql::Pin::TooLarge.reason(), "client pinned to its server connection");
+            tracing::info!(client = %self.id, tenant = %self.resolved.tenant.name, user = %self.resolved.user, peer = %self.seen.info().peer, reason = sql::Pin::TooLarge.reason(), "client pinned to its server connection");
             self.pinned = Some(sql::Pin::TooLarge);
         }
         let mut remaining = len;

@@ -296,7 +296,7 @@ impl<'a> Session<'a> {
                 self.seen.set_state(crate::metrics::ClientState::Waiting);
                 self.app
                     .pools
-                    .checkout(&pool)
+                    .checkout_for_query(&pool)
                     .await
                     .map_err(|e| End::Pool(Box::new(e)))?
             }

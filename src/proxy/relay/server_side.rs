@@ -86,7 +86,7 @@ impl Session<'_> {
                             && conn.params().get(name).is_some_and(|v| v != value)
                             && self.pinned.is_none()
                         {
-                            tracing::info!(client = %self.id, tenant = %self.resolved.tenant.name, parameter = name, "client pinned to its server connection: its role changed");
+                            tracing::info!(client = %self.id, tenant = %self.resolved.tenant.name, user = %self.resolved.user, peer = %self.seen.info().peer, parameter = name, "client pinned to its server connection: its role changed");
                             self.pinned = Some(sql::Pin::Role);
                         }
                         // Servers that report search_path say when anything changed

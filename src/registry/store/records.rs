@@ -53,6 +53,7 @@ impl TenantRecord {
             min_idle: None,
             pool_mode: self.pool_mode,
             share: None,
+            max_client_conn: None,
         }
     }
 }
