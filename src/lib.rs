@@ -11,6 +11,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod metrics;
+pub mod moves;
 pub mod pool;
 pub mod protocol;
 pub mod proxy;

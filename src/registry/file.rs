@@ -57,6 +57,8 @@ struct RawHost {
     tls_server_name: Option<String>,
     auth_user: Option<String>,
     auth_password: Option<String>,
+    admin_user: Option<String>,
+    admin_password: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -150,6 +152,12 @@ pub fn parse_with(
                 Secret::new("")
             })
         });
+        let admin_password = raw_host.admin_password.as_deref().map(|value| {
+            secrets.reveal(value).unwrap_or_else(|e| {
+                problem(format!("{key}.admin_password"), e.to_string());
+                Secret::new("")
+            })
+        });
         let host_part = raw_host.address.rsplit_once(':').map_or("", |(h, _)| h);
         let server_name = raw_host.tls_server_name.clone().unwrap_or_else(|| {
             host_part
@@ -168,6 +176,8 @@ pub fn parse_with(
             },
             auth_user: raw_host.auth_user.clone(),
             auth_password,
+            admin_user: raw_host.admin_user.clone(),
+            admin_password,
         });
     }
 

@@ -61,6 +61,9 @@ pub struct Host {
     /// The role that runs `passthrough.auth_query` on this host.
     pub auth_user: Option<String>,
     pub auth_password: Option<Secret>,
+    /// The role tenant moves replicate as (`postgres` when not set).
+    pub admin_user: Option<String>,
+    pub admin_password: Option<Secret>,
 }
 
 /// A client user of the proxy (`[users.NAME]`).
