@@ -30,7 +30,7 @@ pub enum TenantSource {
     Options,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PoolMode {
     Session,
@@ -233,6 +233,16 @@ pub struct RegistrySettings {
     /// How often the registry file is checked for changes.
     #[serde(with = "humantime_serde")]
     pub watch_interval: Duration,
+    /// PostgreSQL registry: a query that yields the tenants (columns name, host,
+    /// database, search_path, …) from a table the application already keeps.
+    pub tenants_query: Option<String>,
+    /// PostgreSQL registry: how often the whole registry is read again, besides the
+    /// notifications (a fallback, and the way changes arrive when a table has no trigger).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// PostgreSQL registry: the last registry read is kept in this file, so a restart
+    /// while the registry database is unreachable still serves.
+    pub cache_file: Option<PathBuf>,
 }
 
 impl Default for ProxySettings {
@@ -301,6 +311,9 @@ impl Default for RegistrySettings {
             file: Some(PathBuf::from("config/tenants.toml")),
             url: None,
             watch_interval: Duration::from_secs(1),
+            tenants_query: None,
+            poll_interval: Duration::from_secs(30),
+            cache_file: None,
         }
     }
 }
@@ -469,11 +482,24 @@ impl Settings {
         match (&self.registry.file, &self.registry.url) {
             (None, None) => problem("registry", "set either file or url".into()),
             (Some(_), Some(_)) => problem("registry", "set file or url, not both".into()),
-            (None, Some(_)) => problem(
-                "registry.url",
-                "the Postgres registry is not available in this version; use file".into(),
-            ),
+            (None, Some(url)) => {
+                if let Err(e) = url.parse::<tokio_postgres::Config>() {
+                    problem(
+                        "registry.url",
+                        format!("not a PostgreSQL connection string: {e}"),
+                    );
+                }
+            }
             (Some(_), None) => {}
+        }
+        if self.registry.poll_interval.is_zero() {
+            problem("registry.poll_interval", "must be longer than zero".into());
+        }
+        if self.registry.tenants_query.is_some() && self.registry.url.is_none() {
+            problem(
+                "registry.tenants_query",
+                "needs registry.url (a query runs on the PostgreSQL registry)".into(),
+            );
         }
         problems
     }

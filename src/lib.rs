@@ -10,6 +10,7 @@ pub mod backend;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod manage;
 pub mod metrics;
 pub mod moves;
 pub mod pool;

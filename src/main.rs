@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use pgtenant::config::Settings;
+use pgtenant::manage::{self, HostCommand, RegistryCommand, TenantCommand, UserCommand};
 use pgtenant::{check, Server};
 
 /// `pgtenant 0.1.0 (git 1a2b3c4d5e6f)`: the revision is recorded by build.rs.
@@ -107,31 +108,21 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         keep: Option<PathBuf>,
     },
-    /// Client users of the proxy (`[users.NAME]` in the registry file).
+    /// The registry database: `registry init` creates or updates its schema.
+    #[command(subcommand)]
+    Registry(RegistryCommand),
+    /// Tenants in the registry: list, show, add, update, remove.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Hosts in the registry: list, add, remove.
+    #[command(subcommand)]
+    Host(HostCommand),
+    /// Client users of the proxy (`[users.NAME]`): list, add, remove.
     #[command(subcommand)]
     User(UserCommand),
     /// Encrypted values (`enc:…`) for the registry.
     #[command(subcommand)]
     Secret(SecretCommand),
-}
-
-#[derive(Subcommand)]
-enum UserCommand {
-    /// Add (or replace) a user: its password is stored as a verifier, never as text.
-    Add {
-        name: String,
-        /// The password; read from standard input when not given.
-        #[arg(long)]
-        password: Option<String>,
-        /// Tenants the user may reach, comma-separated; `*` for all.
-        #[arg(long, value_delimiter = ',', num_args = 0..)]
-        tenants: Vec<String>,
-        /// Store an md5 verifier instead of SCRAM-SHA-256 (for `proxy.auth = "md5"`).
-        #[arg(long)]
-        md5: bool,
-        #[arg(long, short, default_value = "config/pgtenant.toml")]
-        config: PathBuf,
-    },
 }
 
 #[derive(Subcommand)]
@@ -169,13 +160,10 @@ fn main() -> ExitCode {
         Command::Demo { listen, keep } => runtime(1)
             .block_on(pgtenant::demo::run(&listen, keep.as_deref()))
             .map_err(Into::into),
-        Command::User(UserCommand::Add {
-            name,
-            password,
-            tenants,
-            md5,
-            config,
-        }) => pgtenant::cli::add_user(&config, &name, password, &tenants, md5),
+        Command::Registry(cmd) => manage::registry(cmd, resolve),
+        Command::Tenant(cmd) => manage::tenant(cmd, resolve),
+        Command::Host(cmd) => manage::host(cmd, resolve),
+        Command::User(cmd) => manage::user(cmd, resolve),
         Command::Secret(SecretCommand::Encrypt { value, config }) => {
             pgtenant::cli::encrypt_secret(&config, value)
         }
@@ -205,6 +193,10 @@ fn fail(e: anyhow::Error) -> ExitCode {
     }
     eprintln!("pgtenant: {text}");
     ExitCode::FAILURE
+}
+
+fn resolve(config: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    config_path(ConfigArg { config })
 }
 
 /// The settings file: --config or PGTENANT_CONFIG, else the first of CONFIG_SEARCH

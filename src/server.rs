@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use crate::app::App;
 use crate::config::{Settings, TlsMode};
 use crate::registry::file::RegistryFileError;
+use crate::registry::pg::{PgRegistryError, PgSource};
 use crate::registry::{file, Registry};
 use crate::secret::Secrets;
 use crate::tls::ServerTls;
@@ -26,11 +27,16 @@ pub enum StartError {
     },
     #[error("registry: {0}")]
     NoRegistry(String),
+    #[error(transparent)]
+    PgRegistry(#[from] PgRegistryError),
     #[error("tls: {0}")]
     Tls(#[from] crate::tls::TlsLoadError),
     #[error("secrets: {0}")]
     Secrets(#[from] crate::secret::SecretError),
 }
+
+/// How long the first read of a PostgreSQL registry may take before the cache serves.
+const REGISTRY_START_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Server {
     local_addr: SocketAddr,
@@ -43,19 +49,29 @@ pub struct Server {
 impl Server {
     /// Loads the registry, binds `proxy.listen` and starts accepting clients.
     pub async fn start(settings: Settings) -> Result<Server, StartError> {
-        let path = settings
-            .registry
-            .file
-            .clone()
-            .ok_or_else(|| StartError::NoRegistry("no registry file configured".into()))?;
         let secrets = Secrets::from_settings(&settings.secrets)?;
-        let registry = Arc::new(Registry::new(file::load(&path, &secrets)?));
-        file::watch(
-            registry.clone(),
-            path,
-            settings.registry.watch_interval,
-            secrets,
-        );
+        let registry = match (&settings.registry.file, &settings.registry.url) {
+            (Some(path), _) => {
+                let registry = Arc::new(Registry::new(file::load(path, &secrets)?));
+                file::watch(
+                    registry.clone(),
+                    path.clone(),
+                    settings.registry.watch_interval,
+                    secrets,
+                );
+                registry
+            }
+            (None, Some(url)) => {
+                let source = PgSource::from_settings(url, &settings.registry, secrets);
+                let (snapshot, reachable) = source.initial(REGISTRY_START_TIMEOUT).await?;
+                let registry = Arc::new(Registry::new(snapshot));
+                source.follow(registry.clone(), reachable);
+                registry
+            }
+            (None, None) => {
+                return Err(StartError::NoRegistry("no registry configured".into()));
+            }
+        };
         let tls = match (&settings.tls.cert, &settings.tls.key) {
             (Some(cert), Some(key)) if settings.tls.mode != TlsMode::Disable => {
                 let tls = Arc::new(ServerTls::load(cert, key)?);

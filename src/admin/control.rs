@@ -137,7 +137,12 @@ pub fn reload(app: &App) -> Result<String, Failed> {
     match crate::registry::file::load(path, &secrets) {
         Ok(snapshot) => {
             let tenants = snapshot.tenant_count();
-            app.registry.replace(snapshot);
+            app.registry.accept(snapshot).map_err(|why| {
+                failed(
+                    sqlstate::CONFIG_FILE_ERROR,
+                    format!("registry update refused, previous registry keeps serving: {why}"),
+                )
+            })?;
             tracing::info!(file = %path.display(), tenants, "registry reloaded (RELOAD)");
             Ok(format!("registry reloaded: {tenants} tenant(s)"))
         }

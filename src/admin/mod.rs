@@ -2,6 +2,7 @@
 //! one file per command group), the limits on clients (`limits`), and the HTTP
 //! listener with /metrics, /healthz, /readyz and the status page (`http`).
 
+pub mod api;
 pub mod command;
 pub mod console;
 pub mod control;

@@ -4,6 +4,11 @@
 //! snapshot, validates it whole and swaps it in, so a reader never sees half an update.
 
 pub mod file;
+pub mod migrate;
+pub mod pg;
+pub mod rows;
+pub mod store;
+pub(crate) mod validate;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -61,7 +66,7 @@ pub struct Host {
     /// The role that runs `passthrough.auth_query` on this host.
     pub auth_user: Option<String>,
     pub auth_password: Option<Secret>,
-    /// The role tenant moves replicate as (`postgres` when not set).
+    /// The role for tenant moves (replication); `None` means `postgres`.
     pub admin_user: Option<String>,
     pub admin_password: Option<Secret>,
 }
@@ -188,6 +193,21 @@ impl Snapshot {
         }))
     }
 
+    /// Whether the tenant is listed by name (not made from the template entry).
+    pub fn lists(&self, name: &str) -> bool {
+        self.tenants.contains_key(name)
+    }
+
+    /// The tenant for a client that connected under `before`: a listed tenant that
+    /// is no longer listed is gone, even where the template entry would make one of
+    /// that name (its clients get 3D000, never another database).
+    pub fn tenant_after(&self, before: &Snapshot, name: &str) -> Option<Arc<Tenant>> {
+        if before.lists(name) && !self.lists(name) {
+            return None;
+        }
+        self.tenant(name)
+    }
+
     pub fn host(&self, name: &HostName) -> Option<Arc<Host>> {
         self.hosts.get(name).cloned()
     }
@@ -235,6 +255,22 @@ impl Registry {
 
     pub fn replace(&self, snapshot: Snapshot) {
         self.current.store(Arc::new(snapshot));
+    }
+
+    /// Swaps in a validated update unless it would remove every listed tenant while
+    /// some are served: that is what a truncated file or an emptied table looks like,
+    /// so the previous registry keeps serving. The error is the log line's text.
+    pub fn accept(&self, snapshot: Snapshot) -> Result<(), String> {
+        let current = self.current.load();
+        if snapshot.tenant_count() == 0 && current.tenant_count() > 0 {
+            return Err(format!(
+                "the update lists no tenant while {} are served; an update that removes every tenant is refused",
+                current.tenant_count()
+            ));
+        }
+        drop(current);
+        self.replace(snapshot);
+        Ok(())
     }
 }
 
@@ -290,6 +326,31 @@ mod tests {
         assert!(snapshot.tenant("a b").is_none());
         assert!(snapshot.tenant("").is_none());
         assert!(snapshot.tenant(&"x".repeat(64)).is_none());
+    }
+
+    #[test]
+    fn a_removed_listed_tenant_does_not_fall_to_the_template() {
+        let template = || Some(tenant(TEMPLATE_KEY, "{tenant}"));
+        let before = Snapshot::new(vec![], vec![tenant("acme", "erp")], template());
+        let after = Snapshot::new(vec![], vec![], template());
+        assert!(after.tenant_after(&before, "acme").is_none());
+        assert_eq!(
+            after.tenant_after(&before, "shop").unwrap().database,
+            "shop"
+        );
+        assert_eq!(before.tenant_after(&after, "acme").unwrap().database, "erp");
+    }
+
+    #[test]
+    fn an_update_removing_every_tenant_is_refused() {
+        let registry = Registry::new(Snapshot::new(vec![], vec![tenant("acme", "erp")], None));
+        let err = registry.accept(Snapshot::default()).unwrap_err();
+        assert!(err.contains("removes every tenant"), "{err}");
+        assert!(registry.snapshot().lists("acme"));
+        registry
+            .accept(Snapshot::new(vec![], vec![tenant("shop", "s")], None))
+            .unwrap();
+        assert!(registry.snapshot().lists("shop"));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tokio_rustls::TlsConnector;
 use crate::protocol::startup::SSL_REQUEST_CODE;
 
 /// `hosts.NAME.tls`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BackendTlsMode {
     /// Plain TCP.

@@ -396,8 +396,11 @@ impl<'a> Session<'a> {
             }
         }
         let r = &self.resolved;
-        let tenant = snapshot
-            .tenant(r.tenant.name.as_str())
+        let tenant = match &self.pool {
+            Some((seen, _)) => snapshot.tenant_after(seen, r.tenant.name.as_str()),
+            None => snapshot.tenant(r.tenant.name.as_str()),
+        };
+        let tenant = tenant
             .ok_or_else(|| End::Resolve(ResolveError::UnknownTenant(r.tenant.name.to_string())))?;
         let host = snapshot.host(&tenant.host).ok_or_else(|| {
             End::Resolve(ResolveError::UnknownHost {
