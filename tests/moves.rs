@@ -401,7 +401,7 @@ async fn an_aborted_move_leaves_the_source_serving_every_row() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(schemas, 0);
+    assert_eq!(schemas, 0, "{}", db.message());
     let registry = std::fs::read_to_string(&env.registry_path).unwrap();
     assert!(
         registry.contains("[tenants.acme]\nhost = \"pg-a\""),
@@ -439,4 +439,90 @@ async fn a_session_client_is_told_to_reconnect_after_move_timeout() {
     let again = env.connect("app", "globex").await;
     let names = items(&again).await;
     assert!(names.iter().all(|n| n.ends_with("(pg-b)")), "{names:?}");
+}
+
+/// `pgtenant tenant move` against the running proxy, with the settings file's
+/// listen address pointed at it.
+async fn cli(env: &Env, args: &[&str]) -> std::process::Output {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgtenant"));
+    command
+        .args(["tenant", "move"])
+        .args(args)
+        .arg("--config")
+        .arg(&env.settings_path)
+        .env("PGTENANT__PROXY__LISTEN", env.addr().to_string());
+    command.output().await.expect("running pgtenant")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cli_and_the_http_api_move_a_tenant_or_say_why_not() {
+    let env = two_hosts(ClusterOptions::logical())
+        // Into SETTINGS' [admin] table, which it ends with.
+        .settings("http_listen = \"127.0.0.1:0\"\nhttp_token = \"t0ken\"\n")
+        .start()
+        .await;
+    let out = cli(&env, &["acme", "--to", "nowhere"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("host \"nowhere\" is not in the registry"),
+        "{stderr}"
+    );
+
+    let out = cli(&env, &["acme", "--to", "pg-b", "--copy"]).await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("tenant \"acme\" moved from pg-a to pg-b"),
+        "{stdout}"
+    );
+    // Without a terminal the phases are printed one per line.
+    assert!(
+        stderr.contains("copying") || stderr.contains("catching_up") || stderr.contains("paused"),
+        "{stderr}"
+    );
+    assert_eq!(
+        port_seen(&env, "acme").await,
+        env.host("pg-b").port() as i32
+    );
+    let out = cli(&env, &["acme", "--abort"]).await;
+    assert!(!out.status.success(), "nothing to abort");
+
+    // Back over HTTP, without copy (the source copy was left in place).
+    let http = format!("http://{}", env.server().http_addr().unwrap());
+    let client = reqwest::Client::new();
+    let answer = client
+        .post(format!("{http}/api/tenants/acme/move"))
+        .header("authorization", "Bearer t0ken")
+        .header("content-type", "application/json")
+        .body(r#"{"to": "pg-a"}"#)
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status();
+    let body = answer.text().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("moved from pg-b to pg-a"), "{body}");
+    assert_eq!(
+        port_seen(&env, "acme").await,
+        env.host("pg-a").port() as i32
+    );
+    let answer = client
+        .get(format!("{http}/api/moves"))
+        .header("authorization", "Bearer t0ken")
+        .send()
+        .await
+        .unwrap();
+    let moves: serde_json::Value = serde_json::from_str(&answer.text().await.unwrap()).unwrap();
+    assert_eq!(moves[0]["tenant"], "acme");
+    assert_eq!(moves[0]["phase"], "active");
+    let unauthorized = client
+        .get(format!("{http}/api/moves"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthorized.status(), 401);
 }

@@ -1,7 +1,19 @@
-//! The console's tenant moves: `MOVE tenant TO host [COPY] [DROP SOURCE]` (answers
-//! when the move has ended), `ABORT MOVE tenant` and `SHOW MOVES`.
+//! Tenant moves from the console: `MOVE tenant TO host [COPY] [DROP SOURCE]`
+//! (answers when the move has ended), `ABORT MOVE tenant` and `SHOW MOVES`; and over
+//! HTTP (behind `admin.http_token`, like the registry API): `POST
+//! /api/tenants/{name}/move` with `{"to": "pg-b", "copy": true}` (answers when the
+//! move has ended, or at once with `"wait": false`), `DELETE
+//! /api/tenants/{name}/move` (abort) and `GET /api/moves`.
 
 use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
 
 use super::control::Failed;
 use super::show::Rows;
@@ -103,6 +115,95 @@ pub fn rows(app: &App) -> Rows {
             ]
         })
         .collect()
+}
+
+pub fn routes(app: &Arc<App>) -> Router {
+    let state: super::api::AppState = Arc::downgrade(app);
+    Router::new()
+        .route("/api/moves", get(list))
+        .route("/api/tenants/{name}/move", post(start).delete(cancel))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            super::api::token_required,
+        ))
+        .with_state(state)
+}
+
+#[derive(Deserialize)]
+struct MoveBody {
+    to: String,
+    #[serde(default)]
+    copy: bool,
+    #[serde(default)]
+    drop_source: bool,
+    /// Answer when the move has ended (the default), or at once.
+    #[serde(default = "yes")]
+    wait: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+fn status_of(e: &MoveError) -> StatusCode {
+    match e {
+        MoveError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        MoveError::Busy(_) => StatusCode::CONFLICT,
+        MoveError::Aborted(_) | MoveError::Failed(_) => StatusCode::CONFLICT,
+    }
+}
+
+fn stopped() -> Response {
+    error(StatusCode::SERVICE_UNAVAILABLE, "stopped".into())
+}
+
+async fn list(State(state): State<super::api::AppState>) -> Response {
+    let Some(app) = state.upgrade() else {
+        return stopped();
+    };
+    Json(app.moves.records()).into_response()
+}
+
+async fn start(
+    State(state): State<super::api::AppState>,
+    Path(name): Path<String>,
+    Json(body): Json<MoveBody>,
+) -> Response {
+    let Some(app) = state.upgrade() else {
+        return stopped();
+    };
+    let request = MoveRequest {
+        tenant: name.clone(),
+        to: body.to,
+        copy: body.copy,
+        drop_source: body.drop_source,
+    };
+    if !body.wait {
+        return match engine::start(&app, request) {
+            Ok(_) => (StatusCode::ACCEPTED, Json(app.moves.record(&name))).into_response(),
+            Err(e) => error(status_of(&e), e.to_string()),
+        };
+    }
+    match run(&app, &request).await {
+        Ok(message) => {
+            Json(json!({ "message": message, "move": app.moves.record(&name) })).into_response()
+        }
+        Err(failed) => error(StatusCode::CONFLICT, failed.message),
+    }
+}
+
+async fn cancel(State(state): State<super::api::AppState>, Path(name): Path<String>) -> Response {
+    let Some(app) = state.upgrade() else {
+        return stopped();
+    };
+    match engine::abort(&app, &name).await {
+        Ok(message) => Json(json!({ "message": message })).into_response(),
+        Err(e) => error(status_of(&e), e.to_string()),
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,6 @@ use super::phase::Replication;
 use super::{MoveError, MoveRecord, MoveRequest, Phase, Running};
 use crate::app::App;
 use crate::registry::{HostName, TenantName};
-use crate::secret::Secrets;
 
 /// How often the copy's progress and the catch-up are looked at.
 const POLL: Duration = Duration::from_millis(50);
@@ -92,9 +91,6 @@ struct Plan {
 
 fn plan(app: &App, request: &MoveRequest) -> Result<(MoveRecord, Plan), MoveError> {
     let refuse = |m: String| Err(MoveError::Refused(m));
-    if app.settings.registry.file.is_none() {
-        return refuse("moves need the registry file ([registry] file)".into());
-    }
     let snapshot = app.registry.snapshot();
     let Some(tenant) = snapshot
         .tenants()
@@ -296,6 +292,25 @@ fn set_phase(app: &App, record: &mut MoveRecord, phase: Phase) {
     record.phase = phase;
     record.updated_at = super::phase::now();
     app.moves.update(record);
+    registry_state(app, &record.tenant, phase);
+}
+
+/// With the PostgreSQL registry, the phase goes to the tenant's `state` column
+/// (`active` once the move has ended, whichever way).
+fn registry_state(app: &App, tenant: &str, phase: Phase) {
+    let Some(url) = app.settings.registry.url.clone() else {
+        return;
+    };
+    let state = match phase {
+        Phase::Failed | Phase::Aborted => Phase::Active,
+        phase => phase,
+    };
+    let tenant = tenant.to_string();
+    tokio::spawn(async move {
+        if let Err(e) = super::state::set_registry_state(&url, &tenant, state.as_str()).await {
+            tracing::warn!(%tenant, "cannot record the move's phase in the registry: {e}");
+        }
+    });
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -329,13 +344,15 @@ async fn steps(
             target_made: false,
         });
         app.moves.update(record);
-        let prepared = or_abort(abort, c.prepare_target()).await;
+        // Not cut short by an abort: what it made on the target must be known to be
+        // dropped again.
+        let prepared = c.prepare_target().await;
         if let Some(r) = record.replication.as_mut() {
             r.target_made = c.created_database || c.created_schemas;
         }
         app.moves.update(record);
         prepared?;
-        or_abort(abort, c.start()).await?;
+        c.start().await?;
         loop {
             let progress = or_abort(abort, c.progress()).await?;
             record.rows_done = progress.rows_done;
@@ -391,7 +408,7 @@ async fn steps(
     if *abort.borrow() {
         return Err(ABORTED.into());
     }
-    switch(app, tenant, &plan.to)?;
+    switch(app, tenant, &record.from.clone(), &plan.to).await?;
     set_phase(app, record, Phase::Switched);
     app.pools.resume(tenant);
     let paused = paused_at.map(|t| t.elapsed()).unwrap_or_default();
@@ -442,20 +459,12 @@ async fn drain_or_abort(
 
 /// Points the tenant at `to` in the registry and its pools at the new host, before
 /// any waiting client goes on.
-fn switch(app: &App, tenant: &TenantName, to: &HostName) -> Result<(), String> {
-    let path = app
-        .settings
-        .registry
-        .file
-        .as_ref()
-        .ok_or("no registry file")?;
-    let secrets = Secrets::from_settings(&app.settings.secrets).map_err(|e| e.to_string())?;
-    super::switch::switch_file(&app.registry, path, &secrets, tenant.as_str(), to.as_str())?;
+async fn switch(app: &App, tenant: &TenantName, from: &str, to: &HostName) -> Result<(), String> {
+    super::switch::switch(app, tenant, from, to).await?;
     let snapshot = app.registry.snapshot();
     let moved = snapshot
         .tenant(tenant.as_str())
-        .filter(|t| &t.host == to)
-        .ok_or("the reloaded registry does not show the switch")?;
+        .ok_or("the tenant is gone from the registry")?;
     let host = snapshot
         .host(to)
         .ok_or("target host gone from the registry")?;

@@ -6,6 +6,7 @@
 //! written to a state file beside the registry file (`state`), so a move cut short
 //! by a restart is still visible and can be aborted.
 
+pub mod cli;
 pub mod copy;
 pub mod drain;
 pub mod engine;

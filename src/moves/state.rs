@@ -1,6 +1,8 @@
-//! The moves state file: with the file registry, moves are recorded in
+//! Where a move's phase is kept. With the file registry, moves are recorded in
 //! `<registry file stem>.moves.json` beside it (for `config/tenants.toml`:
-//! `config/tenants.moves.json`), written atomically (temp file + rename).
+//! `config/tenants.moves.json`), written atomically (temp file + rename). With the
+//! PostgreSQL registry, the phase is the tenant's `state` column in
+//! `pgtenant.tenants` (`active` again once the move ends, however it ends).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -34,6 +36,21 @@ pub fn write(path: &Path, records: &BTreeMap<String, MoveRecord>) -> std::io::Re
     tmp.write_all(text.as_bytes())?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Sets the tenant's `state` in the PostgreSQL registry.
+pub async fn set_registry_state(url: &str, tenant: &str, state: &str) -> Result<(), String> {
+    let client = crate::registry::migrate::connect(url)
+        .await
+        .map_err(|e| e.to_string())?;
+    client
+        .execute(
+            "UPDATE pgtenant.tenants SET state = $2 WHERE name = $1",
+            &[&tenant, &state],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(())
 }
 
