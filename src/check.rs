@@ -9,6 +9,7 @@ use tokio::net::TcpStream;
 
 use crate::backend::{connect, BackendError, BackendTarget};
 use crate::config::Settings;
+use crate::registry::pg::PgSource;
 use crate::registry::{file, Host, Snapshot, Tenant};
 use crate::secret::Secrets;
 use crate::tls::ServerTls;
@@ -17,24 +18,39 @@ use crate::tls::ServerTls;
 /// (every problem found, one per line).
 pub fn load(config: &Path) -> Result<(Settings, Snapshot), String> {
     let settings = Settings::load(config).map_err(|e| e.to_string())?;
-    let Some(path) = settings.registry.file.as_ref() else {
-        return Err(format!(
-            "{}: registry: no registry file configured",
-            config.display()
-        ));
-    };
     let secrets = Secrets::from_settings(&settings.secrets)
         .map_err(|e| format!("{}: secrets: {e}", config.display()))?;
     if let (Some(cert), Some(key)) = (&settings.tls.cert, &settings.tls.key) {
         ServerTls::load(cert, key).map_err(|e| format!("{}: tls: {e}", config.display()))?;
     }
-    let snapshot = file::load(path, &secrets).map_err(|e| e.to_string())?;
+    let snapshot = match (&settings.registry.file, &settings.registry.url) {
+        (Some(path), _) => file::load(path, &secrets).map_err(|e| e.to_string())?,
+        (None, Some(url)) => {
+            let source = PgSource::from_settings(url, &settings.registry, secrets);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime
+                .block_on(source.read_once())
+                .map_err(|e| e.to_string())?
+        }
+        (None, None) => {
+            return Err(format!(
+                "{}: registry: no registry configured",
+                config.display()
+            ))
+        }
+    };
     Ok((settings, snapshot))
 }
 
 /// `config/pgtenant.toml: ok; config/tenants.toml: ok (3 tenants, 2 hosts)`.
 pub fn summary(config: &Path, settings: &Settings, snapshot: &Snapshot) -> String {
-    let registry = settings.registry.file.as_deref().unwrap_or(Path::new(""));
+    let registry = match (&settings.registry.file, &settings.registry.url) {
+        (Some(path), _) => path.display().to_string(),
+        _ => "registry database".to_string(),
+    };
     let template = match snapshot.template() {
         Some(_) => " and a template entry",
         None => "",
@@ -42,7 +58,7 @@ pub fn summary(config: &Path, settings: &Settings, snapshot: &Snapshot) -> Strin
     format!(
         "{}: ok; {}: ok ({}{template}, {})",
         config.display(),
-        registry.display(),
+        registry,
         count(snapshot.tenant_count(), "tenant", "tenants"),
         count(snapshot.hosts().count(), "host", "hosts"),
     )

@@ -243,6 +243,13 @@ pub struct RegistrySettings {
     /// PostgreSQL registry: the last registry read is kept in this file, so a restart
     /// while the registry database is unreachable still serves.
     pub cache_file: Option<PathBuf>,
+    /// PostgreSQL registry: the address other instances reach this one's listener at,
+    /// to send on a CancelRequest (default: the address `proxy.listen` bound).
+    pub instance_address: Option<String>,
+    /// PostgreSQL registry: how often the instance refreshes its row in
+    /// pgtenant.instances; a row 5 intervals old is removed.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
 }
 
 impl Default for ProxySettings {
@@ -314,6 +321,8 @@ impl Default for RegistrySettings {
             tenants_query: None,
             poll_interval: Duration::from_secs(30),
             cache_file: None,
+            instance_address: None,
+            heartbeat_interval: Duration::from_secs(1),
         }
     }
 }
@@ -491,6 +500,20 @@ impl Settings {
                 }
             }
             (Some(_), None) => {}
+        }
+        if self.registry.heartbeat_interval.is_zero() {
+            problem(
+                "registry.heartbeat_interval",
+                "must be longer than zero".into(),
+            );
+        }
+        if let Some(address) = &self.registry.instance_address {
+            if address.parse::<SocketAddr>().is_err() {
+                problem(
+                    "registry.instance_address",
+                    format!("\"{address}\" is not an IP address and port"),
+                );
+            }
         }
         if self.registry.poll_interval.is_zero() {
             problem("registry.poll_interval", "must be longer than zero".into());

@@ -205,12 +205,13 @@ pub fn registry(
             .context("no --url given and no registry.url in the settings")?,
     };
     runtime().block_on(async {
+        let text = |e: tokio_postgres::Error| crate::registry::rows::error_text(&e);
         let mut client = migrate::connect(&url)
             .await
-            .context("cannot connect to the registry database")?;
+            .map_err(|e| anyhow::anyhow!("cannot connect to the registry database: {}", text(e)))?;
         let applied = migrate::migrate(&mut client)
             .await
-            .context("registry init")?;
+            .map_err(|e| anyhow::anyhow!("registry init: {}", text(e)))?;
         match applied.is_empty() {
             true => println!("registry schema up to date (version {})", migrate::latest()),
             false => println!(

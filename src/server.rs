@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use crate::app::App;
 use crate::config::{Settings, TlsMode};
 use crate::registry::file::RegistryFileError;
+use crate::registry::instances::Instances;
 use crate::registry::pg::{PgRegistryError, PgSource};
 use crate::registry::{file, Registry};
 use crate::secret::Secrets;
@@ -91,7 +92,34 @@ impl Server {
             address: settings.proxy.listen.clone(),
             source,
         })?;
+        // With a registry database: join the other instances (cancel forwarding).
+        let instances = match &settings.registry.url {
+            Some(url) => {
+                let address = settings
+                    .registry
+                    .instance_address
+                    .clone()
+                    .unwrap_or_else(|| local_addr.to_string());
+                let heartbeat = settings.registry.heartbeat_interval;
+                let joined = Instances::register(url, &address, heartbeat).await;
+                match joined {
+                    Ok(instances) => {
+                        instances.clone().keep_alive(url.clone(), heartbeat);
+                        Some(instances)
+                    }
+                    Err(e) => {
+                        // Serving matters more: cancels then reach only this instance.
+                        tracing::warn!("cannot register the instance in the registry database, cancel requests will not be sent on between instances: {e}");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         let app = App::with_tls(settings, registry, tls);
+        if let Some(instances) = instances {
+            app.cancels.set_instances(instances);
+        }
         crate::pool::run_maintenance(
             app.pools.clone(),
             Duration::from_secs(1).min(app.settings.pool.host_turn.max(Duration::from_millis(10))),

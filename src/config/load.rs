@@ -65,6 +65,13 @@ pub(super) fn settings(
             }
         }
     };
+    let mut settings = settings;
+    if let Some(settings) = &mut settings {
+        // registry.file has a default; a url given without a file replaces it.
+        if settings.registry.url.is_some() && root.get(&["registry", "file"]).is_none() {
+            settings.registry.file = None;
+        }
+    }
     if let Some(settings) = &settings {
         for problem in settings.problems(name) {
             let path: Vec<&str> = problem.key.split('.').collect();

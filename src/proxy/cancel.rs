@@ -2,11 +2,12 @@
 //! server, the key maps to that server's address and key, and a CancelRequest is
 //! forwarded there. A request that matches nothing is dropped, as PostgreSQL does.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
 
 use crate::protocol::startup::CancelKey;
+use crate::registry::instances::{Instances, SLOT_SHIFT};
 
 /// Where a client's query runs now, if anywhere: the server's address and key.
 pub type Target = Option<(Arc<str>, CancelKey)>;
@@ -19,6 +20,9 @@ struct Entry {
 #[derive(Default)]
 pub struct Cancels {
     by_pid: DashMap<i32, Entry>,
+    /// With a registry database: this instance's slot rides in every key, and keys
+    /// of other slots are sent on to their instance.
+    instances: OnceLock<Arc<Instances>>,
 }
 
 /// A client's registration; dropping it unregisters the key. The target lives in the
@@ -29,11 +33,22 @@ pub struct CancelHandle {
 }
 
 impl Cancels {
+    /// Makes keys carry this instance's slot (set once, before clients come).
+    pub fn set_instances(&self, instances: Arc<Instances>) {
+        let _ = self.instances.set(instances);
+    }
+
     /// A fresh key for a client, unique among the clients of this proxy.
     pub fn register(self: &Arc<Self>) -> CancelHandle {
+        let slot = self.instances.get().map(|i| i32::from(i.slot));
         loop {
+            let random = rand::random::<i32>() & i32::MAX;
+            let pid = match slot {
+                Some(slot) => (slot << SLOT_SHIFT) | (random & ((1 << SLOT_SHIFT) - 1)),
+                None => random,
+            };
             let key = CancelKey {
-                pid: rand::random::<i32>() & i32::MAX,
+                pid,
                 secret: rand::random(),
             };
             if let dashmap::Entry::Vacant(slot) = self.by_pid.entry(key.pid) {
@@ -51,6 +66,21 @@ impl Cancels {
 
     /// Forwards a client's CancelRequest to the server running its query.
     pub async fn cancel(&self, key: CancelKey) {
+        if let Some(instances) = self.instances.get() {
+            let slot = Instances::slot_of(key.pid);
+            if slot != instances.slot {
+                match instances.address_of(slot) {
+                    Some(address) => {
+                        tracing::debug!(slot, %address, "cancel request sent on to its instance");
+                        if let Err(e) = crate::backend::send_cancel(&address, key).await {
+                            tracing::warn!(%address, error = %e, "cannot forward cancel request to another instance");
+                        }
+                    }
+                    None => tracing::debug!(slot, "cancel request for no live instance"),
+                }
+                return;
+            }
+        }
         let target = match self.by_pid.get(&key.pid) {
             Some(entry) if entry.secret == key.secret => entry.target.clone(),
             _ => {

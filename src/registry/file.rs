@@ -106,9 +106,13 @@ pub fn watch(registry: Arc<Registry>, path: PathBuf, interval: Duration, secrets
             seen = now;
             // Parsing 100,000 tenants takes a while: not on the event loop.
             let (path, secrets) = (path.clone(), secrets.clone());
+            let started = std::time::Instant::now();
             let loaded = tokio::task::spawn_blocking(move || (load(&path, &secrets), path)).await;
             if let Ok((loaded, path)) = loaded {
-                apply(&registry, &path, loaded);
+                if apply(&registry, &path, loaded) {
+                    let took_ms = started.elapsed().as_millis() as u64;
+                    tracing::debug!(took_ms, "registry file read and checked");
+                }
             }
         }
     });

@@ -5,8 +5,14 @@
 use tokio_postgres::{Client, NoTls};
 
 /// The migrations, in order: (version, name, SQL). Append; never edit a released one.
-pub const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "registry", include_str!("migrations/001_registry.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "registry", include_str!("migrations/001_registry.sql")),
+    (
+        2,
+        "instance slots",
+        include_str!("migrations/002_instance_slots.sql"),
+    ),
+];
 
 /// Connects to `url` with the registry's client settings (no TLS).
 pub async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {

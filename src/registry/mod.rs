@@ -4,6 +4,7 @@
 //! snapshot, validates it whole and swaps it in, so a reader never sees half an update.
 
 pub mod file;
+pub mod instances;
 pub mod migrate;
 pub mod pg;
 pub mod rows;

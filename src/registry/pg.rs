@@ -28,7 +28,7 @@ const LAST_RETRY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgRegistryError {
-    #[error("registry database: {0}")]
+    #[error("registry database: {}", rows::error_text(.0))]
     Db(#[from] tokio_postgres::Error),
     #[error("{0}")]
     Values(String),
@@ -111,6 +111,12 @@ impl PgSource {
         }
     }
 
+    /// One read of the registry database, validated (for `check`).
+    pub async fn read_once(&self) -> Result<Snapshot, PgRegistryError> {
+        let (client, _notifications) = self.connect().await?;
+        Ok(self.read(&client).await?.0)
+    }
+
     /// Follows the database into `registry` until the runtime stops.
     pub fn follow(self, registry: Arc<Registry>, reachable: bool) {
         tokio::spawn(async move {
@@ -164,12 +170,14 @@ impl PgSource {
                     while notified.try_recv().is_ok() {}
                 }
             }
+            let started = std::time::Instant::now();
             match self.read(&client).await {
                 Ok((snapshot, raw)) => {
                     let tenants = snapshot.tenant_count();
                     match registry.accept(snapshot) {
                         Ok(()) => {
-                            tracing::debug!(tenants, "registry read");
+                            let took_ms = started.elapsed().as_millis() as u64;
+                            tracing::debug!(tenants, took_ms, "registry read");
                             self.write_cache(raw).await;
                         }
                         Err(why) => tracing::error!(

@@ -18,9 +18,20 @@ pub const TENANTS_QUERY: &str = "SELECT name, host, database, search_path, backe
      backend_password, pool_size, min_idle, pool_mode, share FROM pgtenant.tenants";
 pub const USERS_QUERY: &str = "SELECT name, password, tenants FROM pgtenant.users";
 
+/// A client error with the server's message (tokio-postgres prints "db error" alone).
+pub fn error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => match std::error::Error::source(e) {
+            Some(source) => format!("{e}: {source}"),
+            None => e.to_string(),
+        },
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    #[error("{0}")]
+    #[error("{}", error_text(.0))]
     Db(#[from] tokio_postgres::Error),
     #[error("{}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
     Values(Vec<Problem>),

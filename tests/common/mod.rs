@@ -296,6 +296,12 @@ impl Env {
         let overrides: toml::Table = toml::from_str(overrides)
             .unwrap_or_else(|e| panic!("settings overrides are not TOML: {e}\n{overrides}"));
         merge(&mut settings, overrides);
+        // A PostgreSQL registry replaces the file (the settings allow one of them).
+        if let Some(toml::Value::Table(registry)) = settings.get_mut("registry") {
+            if registry.contains_key("url") {
+                registry.remove("file");
+            }
+        }
         std::fs::write(path, toml::to_string(&settings).expect("settings TOML"))
             .expect("writing settings");
         Settings::load(path).unwrap_or_else(|e| panic!("settings refused: {e}"))
@@ -337,6 +343,27 @@ impl Env {
             .find(|c| c.name() == name)
             .unwrap_or_else(|| panic!("no host {name}"));
         tokio::task::block_in_place(|| cluster.kill());
+    }
+
+    /// Stops a host cleanly (`pg_ctl stop -m fast`), as for a restart.
+    pub fn stop_host(&mut self, name: &str) {
+        let cluster = self
+            .hosts
+            .iter_mut()
+            .find(|c| c.name() == name)
+            .unwrap_or_else(|| panic!("no host {name}"));
+        tokio::task::block_in_place(|| cluster.stop());
+    }
+
+    /// Starts a stopped host again on its port and data directory.
+    pub fn start_host_again(&mut self, name: &str) {
+        let cluster = self
+            .hosts
+            .iter_mut()
+            .find(|c| c.name() == name)
+            .unwrap_or_else(|| panic!("no host {name}"));
+        tokio::task::block_in_place(|| cluster.start_again())
+            .unwrap_or_else(|e| panic!("starting {name} again: {e}"));
     }
 
     /// `postgres://user@127.0.0.1:PORT/db` for the proxy; `user` and `db` are

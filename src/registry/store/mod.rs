@@ -34,7 +34,10 @@ pub enum StoreError {
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
-        StoreError::Unavailable(format!("registry database: {e}"))
+        StoreError::Unavailable(format!(
+            "registry database: {}",
+            crate::registry::rows::error_text(&e)
+        ))
     }
 }
 
