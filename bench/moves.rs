@@ -145,7 +145,10 @@ fn main() {
     let target = Cluster::start_with(&bin, "pg-b", ClusterOptions::logical()).unwrap();
     source.psql_file("postgres", SEED_A).unwrap();
     target
-        .psql_file("postgres", "CREATE ROLE app LOGIN;\nCREATE DATABASE erp OWNER app;\n")
+        .psql_file(
+            "postgres",
+            "CREATE ROLE app LOGIN;\nCREATE DATABASE erp OWNER app;\n",
+        )
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let registry = dir.path().join("tenants.toml");
@@ -211,7 +214,11 @@ fn main() {
             "| run | transactions | per s | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|---|"
         );
         md.push_str(&row("no move", &baseline, seconds as f64));
-        md.push_str(&row("with `MOVE acme TO pg-b COPY`", &moving, seconds as f64));
+        md.push_str(&row(
+            "with `MOVE acme TO pg-b COPY`",
+            &moving,
+            seconds as f64,
+        ));
         md.push_str(&row("around the switch (±1 s)", &window, 2.0));
         let _ = writeln!(
             md,

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::copy::{self, Copy, Endpoint, Scope};
+use super::fleet::{self, Coordinator};
 use super::phase::Replication;
 use super::{MoveError, MoveRecord, MoveRequest, Phase, Running};
 use crate::app::App;
@@ -167,13 +168,25 @@ async fn run(
     mut abort: watch::Receiver<bool>,
 ) -> Result<String, MoveError> {
     let mut paused_at = None;
-    let result = steps(app, request, &plan, &mut record, &mut paused_at, &mut abort).await;
+    let mut fleet = None;
+    let result = steps(
+        app,
+        request,
+        &plan,
+        &mut record,
+        (&mut paused_at, &mut fleet),
+        &mut abort,
+    )
+    .await;
     match result {
         Ok(message) => Ok(message),
         Err(why) => {
-            // Before the switch: the tenant goes on from the source.
+            // Before the switch: the tenant goes on from the source, everywhere.
             if paused_at.is_some() {
                 app.pools.resume(&plan.tenant);
+            }
+            if let Some(fleet) = fleet.as_mut() {
+                fleet.resume_others(&record.from).await;
             }
             let cleanup = match &record.replication {
                 Some(r) => cleanup(app, &record, &app_search_path(app, &plan.tenant), r).await,
@@ -313,15 +326,18 @@ fn registry_state(app: &App, tenant: &str, phase: Phase) {
     });
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn steps(
     app: &Arc<App>,
     request: &MoveRequest,
     plan: &Plan,
     record: &mut MoveRecord,
-    paused_at: &mut Option<Instant>,
+    (paused_at, fleet): (&mut Option<Instant>, &mut Option<Coordinator>),
     abort: &mut watch::Receiver<bool>,
 ) -> Result<String, String> {
+    // With other instances on the registry database, they pause and acknowledge too.
+    if let (Some(me), Some(url)) = (fleet::instance_id(app), &app.settings.registry.url) {
+        *fleet = Some(Coordinator::open(url, me, plan.tenant.as_str()).await?);
+    }
     let mut copy = None;
     if let (Some(source), Some(target)) = (&plan.source, &plan.target) {
         let name = copy::object_name(plan.tenant.as_str());
@@ -390,7 +406,21 @@ async fn steps(
     set_phase(app, record, Phase::Paused);
     *paused_at = Some(Instant::now());
     let tenant = &plan.tenant;
-    let closed = drain_or_abort(app, tenant, plan.to.as_str(), abort).await?;
+    let others = async {
+        match fleet.as_mut() {
+            Some(f) => {
+                let drain = app.settings.admin.move_timeout;
+                f.pause_others(&record.from, plan.to.as_str(), drain).await
+            }
+            None => Ok(0),
+        }
+    };
+    let (closed, others) =
+        tokio::join!(drain_or_abort(app, tenant, plan.to.as_str(), abort), others);
+    let (closed, others) = (closed?, others?);
+    if others > 0 {
+        tracing::info!(%tenant, instances = others, "move: the other instances paused the tenant");
+    }
     if let Some(c) = &copy {
         // Nothing of the tenant's writes now; the last of them reach the target.
         let lsn = c.source_lsn().await?;
@@ -411,6 +441,9 @@ async fn steps(
     switch(app, tenant, &record.from.clone(), &plan.to).await?;
     set_phase(app, record, Phase::Switched);
     app.pools.resume(tenant);
+    if let Some(f) = fleet.as_mut() {
+        f.resume_others(plan.to.as_str()).await;
+    }
     let paused = paused_at.map(|t| t.elapsed()).unwrap_or_default();
     record.paused_ms = Some(paused.as_millis() as u64);
     tracing::info!(%tenant, to = %plan.to, paused_ms = paused.as_millis() as u64, "move: switched and resumed");

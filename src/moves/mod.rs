@@ -10,6 +10,7 @@ pub mod cli;
 pub mod copy;
 pub mod drain;
 pub mod engine;
+pub mod fleet;
 pub mod phase;
 pub mod state;
 pub mod switch;

@@ -38,6 +38,11 @@ impl Cancels {
         let _ = self.instances.set(instances);
     }
 
+    /// This instance among the others on the registry database, once registered.
+    pub fn instances(&self) -> Option<&Arc<Instances>> {
+        self.instances.get()
+    }
+
     /// A fresh key for a client, unique among the clients of this proxy.
     pub fn register(self: &Arc<Self>) -> CancelHandle {
         let slot = self.instances.get().map(|i| i32::from(i.slot));
