@@ -407,6 +407,55 @@ async fn an_aborted_move_leaves_the_source_serving_every_row() {
         registry.contains("[tenants.acme]\nhost = \"pg-a\""),
         "{registry}"
     );
+
+    // A move cut short by a restart is visible from the state file beside the
+    // registry, and abortable there: a second proxy on the same registry stands in
+    // for the restarted one.
+    let mover = console(&env).await;
+    let moving = tokio::spawn(async move { mover.simple_query("MOVE acme TO pg-b COPY").await });
+    let copying = eventually(Duration::from_secs(30), || async {
+        let row = move_row(&admin, "acme").await?;
+        (field(&row, "phase") == "copying").then_some(())
+    })
+    .await;
+    assert!(copying.is_some());
+    let restarted = env.start_server("").await;
+    let admin2 = connect(&config_for(
+        restarted.local_addr(),
+        "pgtenant",
+        Some("pgtenant"),
+    ))
+    .await
+    .unwrap();
+    let row = move_row(&admin2, "acme")
+        .await
+        .expect("listed after a restart");
+    assert_eq!(field(&row, "phase"), "copying");
+    assert_eq!(field(&row, "running"), "f");
+    admin2
+        .simple_query("ABORT MOVE acme")
+        .await
+        .unwrap_or_else(|e| panic!("ABORT MOVE after a restart: {}", describe(&e)));
+    assert_eq!(
+        field(&move_row(&admin2, "acme").await.unwrap(), "phase"),
+        "aborted"
+    );
+    let left: i64 = source
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_publication) + (SELECT count(*) FROM pg_replication_slots)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "publication or slot left after the abort");
+    // The first proxy's move finds its replication gone and ends on the source.
+    admin.simple_query("ABORT MOVE acme").await.ok();
+    moving.await.unwrap().expect_err("the cut-short move ended");
+    assert_eq!(
+        port_seen(&env, "acme").await,
+        env.host("pg-a").port() as i32
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

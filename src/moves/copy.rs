@@ -452,13 +452,17 @@ impl Copy {
         let row = self
             .dst()
             .query_one(
-                "SELECT count(*) FILTER (WHERE srsubstate <> 'r') FROM pg_subscription_rel \
-                 WHERE srsubid = (SELECT oid FROM pg_subscription WHERE subname = $1)",
+                "SELECT EXISTS (SELECT 1 FROM pg_subscription WHERE subname = $1), \
+                 (SELECT count(*) FILTER (WHERE srsubstate <> 'r') FROM pg_subscription_rel \
+                 WHERE srsubid = (SELECT oid FROM pg_subscription WHERE subname = $1))",
                 &[&self.name],
             )
             .await
             .map_err(sql)?;
-        Ok(row.get::<_, i64>(0) == 0)
+        if !row.get::<_, bool>(0) {
+            return Err(format!("subscription {} is gone from the target", self.name));
+        }
+        Ok(row.get::<_, i64>(1) == 0)
     }
 
     /// The source's WAL position now.

@@ -24,6 +24,15 @@ const FINAL_CATCH_UP: Duration = Duration::from_secs(10);
 pub fn start(app: &Arc<App>, request: MoveRequest) -> Result<Arc<Running>, MoveError> {
     let (record, plan) = plan(app, &request)?;
     let running = app.moves.begin(&request.tenant)?;
+    // What a move cut short left (replication objects, a partial copy) is known
+    // only from its record: it is aborted before another move may start.
+    if let Some(earlier) = app.moves.record(&request.tenant).filter(MoveRecord::is_open) {
+        app.moves.end(&request.tenant);
+        return Err(MoveError::Refused(format!(
+            "an earlier move of tenant \"{}\" to {} was cut short in phase {}; abort it first (pgtenant tenant move --abort {} or ABORT MOVE {})",
+            request.tenant, earlier.to, earlier.phase, request.tenant, request.tenant
+        )));
+    }
     app.moves.update(&record);
     let (app, entry) = (app.clone(), running.clone());
     tokio::spawn(async move {
