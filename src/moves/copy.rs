@@ -460,7 +460,10 @@ impl Copy {
             .await
             .map_err(sql)?;
         if !row.get::<_, bool>(0) {
-            return Err(format!("subscription {} is gone from the target", self.name));
+            return Err(format!(
+                "subscription {} is gone from the target",
+                self.name
+            ));
         }
         Ok(row.get::<_, i64>(1) == 0)
     }

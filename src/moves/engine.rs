@@ -26,7 +26,11 @@ pub fn start(app: &Arc<App>, request: MoveRequest) -> Result<Arc<Running>, MoveE
     let running = app.moves.begin(&request.tenant)?;
     // What a move cut short left (replication objects, a partial copy) is known
     // only from its record: it is aborted before another move may start.
-    if let Some(earlier) = app.moves.record(&request.tenant).filter(MoveRecord::is_open) {
+    if let Some(earlier) = app
+        .moves
+        .record(&request.tenant)
+        .filter(MoveRecord::is_open)
+    {
         app.moves.end(&request.tenant);
         return Err(MoveError::Refused(format!(
             "an earlier move of tenant \"{}\" to {} was cut short in phase {}; abort it first (pgtenant tenant move --abort {} or ABORT MOVE {})",
