@@ -150,14 +150,15 @@ def main():
     for r in raw["tenants"]:
         ten.setdefault(r["scenario"], {}).setdefault(r["target"], []).append(r)
     tsum = {sc: {tg: summarize_runs(runs, ["tps", "p50_ms", "p99_ms", "errors", "connect_seconds",
-                                           "server_opens"])
+                                           "server_opens", "server_xacts_per_query"])
                  for tg, runs in by.items()} for sc, by in ten.items()}
     # error counts are data here: take them from every run, not just clean ones
     for sc, by in ten.items():
         for tg, runs in by.items():
             tsum[sc][tg]["errors_total"] = sum(r.get("errors", 0) or 0 for r in runs)
             tsum[sc][tg]["has_numbers"] = any("tps" in r for r in runs)
-            for key in ("tps", "p50_ms", "p99_ms", "connect_seconds", "seconds", "server_opens"):
+            for key in ("tps", "p50_ms", "p99_ms", "connect_seconds", "seconds", "server_opens",
+                        "server_xacts_per_query"):
                 tsum[sc][tg][key + "_all"] = median([r.get(key) for r in runs])
     m = tsum.get("many", {})
     if m.get("pgtenant", {}).get("has_numbers") and m.get("pgbouncer", {}).get("has_numbers"):
@@ -310,21 +311,24 @@ def main():
               f"{2 * st['tenants']} connections exceed PostgreSQL's max_connections. **wide**: "
               f"{st.get('wide_tenants', 0)} tenants × 1 client on the same budget. pgtenant shares server "
               "connections among the schema tenants of one database and role "
-              "(`pool.share_schema_tenants`, on by default); **pgtenant-noshare** is the same proxy with it "
+              "(`pool.share_schema_tenants`, on by default); **pgtenant-fifo** is sharing strictly first "
+              "come, first served (`pool.share_streak = 0`: a returning server never goes to a waiting "
+              "client of its own search_path ahead of the first in line, so nearly every transaction pays a "
+              "SET); **pgtenant-noshare** is the same proxy with sharing "
               "off (a server connection per tenant, search_path in its startup packet). *server opens*: "
               "server sessions PostgreSQL opened on `many` during the run (`pg_stat_database.sessions`), "
               "including the first ones.\n")
     t = Table("scenario", "target", "queries/s", "p50 ms", "p99 ms", "errors", "connect all (s)",
-              "window (s)", "server opens", "pgtenant/pgbouncer")
+              "window (s)", "server opens", "server xacts/query", "pgtenant/pgbouncer")
     for sc in ("many", "single", "wide"):
-        for tg in ("pgtenant", "pgtenant-noshare", "pgbouncer"):
+        for tg in ("pgtenant", "pgtenant-fifo", "pgtenant-noshare", "pgbouncer"):
             s = tsum.get(sc, {}).get(tg)
             if s is None:
                 continue
             if not s["has_numbers"]:
                 failed = [r for r in ten[sc][tg] if r.get("error")]
                 t.add(sc, tg, f"**fails**: {short(failed[0]['error']) if failed else '?'}", "–", "–",
-                      "–", "–", "–", "–", "–")
+                      "–", "–", "–", "–", "–", "–")
                 continue
             rp = "–"
             other = tsum.get(sc, {}).get("pgbouncer")
@@ -336,12 +340,14 @@ def main():
                 errs += f" (first: {short(first, 90)})"
             t.add(sc, tg, fmt_num(s["tps_all"]), fmt_num(s["p50_ms_all"], 2), fmt_num(s["p99_ms_all"], 2),
                   errs, fmt_num(s["connect_seconds_all"], 1), fmt_num(s["seconds_all"], 1),
-                  fmt_num(s["server_opens_all"]), rp)
+                  fmt_num(s["server_opens_all"]), fmt_num(s.get("server_xacts_per_query_all"), 2), rp)
     md.append(t.render() + "\n")
     md.append(f"queries/s = successful queries ÷ the window; the window is {st['seconds']} s plus however long "
               "the last query of any client took to finish (a client stuck waiting for a server connection "
               "stretches it). connect all = time until every client had connected (or failed to). errors "
               "counts failed connects and failed queries (a client whose connection was closed reconnects). "
+              "server xacts/query = transactions PostgreSQL ended in `many` during the run ÷ successful "
+              "queries: each query is one, and each SET of a search_path on a shared server is one more. "
               "Medians over rounds, error counts summed over rounds.\n")
 
     # ---- idle
