@@ -198,6 +198,9 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        if let Some(instances) = self.app.cancels.instances() {
+            instances.leave().await;
+        }
     }
 }
 

@@ -44,7 +44,7 @@ fn pgtenant(args: &[&str]) -> Output {
 }
 
 /// Runs a command with `--config` and expects success; its standard output.
-fn cli(config: &PathBuf, args: &[&str]) -> String {
+fn cli(config: &std::path::Path, args: &[&str]) -> String {
     let mut all: Vec<&str> = args.to_vec();
     let config = config.display().to_string();
     all.extend(["--config", &config]);
@@ -634,4 +634,14 @@ async fn a_cancel_through_the_other_instance_reaches_the_query() {
     })
     .await;
     assert!(expired.is_some(), "a stale instance row stays");
+
+    // A stopped instance takes its row away.
+    b.stop().await;
+    let left: i64 = registry
+        .query_one("SELECT count(*) FROM pgtenant.instances", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 1);
+    drop(a);
 }

@@ -38,7 +38,7 @@ impl Cancels {
         let _ = self.instances.set(instances);
     }
 
-    /// This instance among the others on the registry database, once registered.
+    /// The instances this one shares a registry database with, if any.
     pub fn instances(&self) -> Option<&Arc<Instances>> {
         self.instances.get()
     }

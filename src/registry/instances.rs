@@ -11,6 +11,7 @@
 //! registry database is unreachable the last list serves.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,7 +31,9 @@ pub struct Instances {
     pub id: String,
     pub slot: u16,
     pub address: String,
+    url: String,
     peers: ArcSwap<HashMap<u16, String>>,
+    left: AtomicBool,
 }
 
 impl Instances {
@@ -90,7 +93,9 @@ impl Instances {
             id,
             slot: slot as u16,
             address: address.to_string(),
+            url: url.to_string(),
             peers: ArcSwap::default(),
+            left: AtomicBool::new(false),
         });
         instances
             .refresh(&client)
@@ -131,6 +136,9 @@ impl Instances {
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
+                if self.left.load(Ordering::Acquire) {
+                    return;
+                }
                 if client.as_ref().is_none_or(|c| c.is_closed()) {
                     client = migrate::connect(&url).await.ok();
                 }
@@ -157,6 +165,21 @@ impl Instances {
                 }
             }
         });
+    }
+
+    /// Removes this instance's row at a clean stop, so the others stop counting it
+    /// at once (a crashed instance's row expires instead).
+    pub async fn leave(&self) {
+        self.left.store(true, Ordering::Release);
+        let remove = async {
+            let client = migrate::connect(&self.url).await?;
+            client
+                .execute("DELETE FROM pgtenant.instances WHERE id = $1", &[&self.id])
+                .await
+        };
+        if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(2), remove).await {
+            tracing::debug!("cannot remove the instance row: {}", error_text(&e));
+        }
     }
 
     async fn beat(

@@ -58,6 +58,19 @@ pub(crate) async fn read(
         results.push(rows(result?));
     }
     client.simple_query("COMMIT").await?;
+    // 100,000 rows take a while to turn into strings: not on the event loop.
+    tokio::task::spawn_blocking(move || convert(&results))
+        .await
+        .unwrap_or_else(|e| {
+            Err(ReadError::Values(vec![Problem {
+                file: SOURCE.into(),
+                key: String::new(),
+                message: format!("reading the rows failed: {e}"),
+            }]))
+        })
+}
+
+fn convert(results: &[Vec<SimpleQueryRow>]) -> Result<RawFile, ReadError> {
     let mut problems = Vec::new();
     let mut raw = RawFile::default();
     for row in &results[1] {
