@@ -67,7 +67,10 @@ PGTENANT_BIN = os.environ["PGTENANT_BIN"]
 LOAD_BIN = os.environ["LOAD_BIN"]
 
 IS_ROOT = os.geteuid() == 0
-TARGETS = ["direct", "pgtenant", "pgbouncer"]
+TARGETS = [t.strip() for t in (os.environ.get("BENCH_TARGETS") or "direct,pgtenant,pgbouncer").split(",")
+           if t.strip()]
+# pgtenant's proxy.workers (unset: pgtenant's default).
+WORKERS = env_int("BENCH_WORKERS", 0)
 PROXIES = ["pgtenant", "pgbouncer"]
 # The many-tenants runs also put pgtenant with sharing off beside them, and with
 # sharing strictly first come, first served (pool.share_streak = 0).
@@ -325,7 +328,7 @@ pool_mode = "transaction"
 tenant_from = ["database", "user_suffix"]
 auth = "trust"
 max_client_conn = {MAX_CLIENT_CONN}
-
+{f"workers = {WORKERS}" if WORKERS else ""}
 [pool]
 pool_size = {POOL}
 share_schema_tenants = {"true" if share else "false"}
@@ -436,9 +439,10 @@ def pgbench_tests():
             tests.append({"id": f"select-{mode}-c{c}", "group": f"select-only, -M {mode}",
                           "clients": c,
                           "args": ["-S", "-M", mode, "-c", c, "-j", min(2, c), "-T", SECONDS]})
-    tests.append({"id": "tpcb-c16", "group": "TPC-B-like (default script), -M simple",
-                  "clients": 16, "args": ["-M", "simple", "-c", 16, "-j", 2, "-T", SECONDS],
-                  "before": "tpcb"})
+    for c in (16, 64):
+        tests.append({"id": f"tpcb-c{c}", "group": "TPC-B-like (default script), -M simple",
+                      "clients": c, "args": ["-M", "simple", "-c", c, "-j", 2, "-T", SECONDS],
+                      "before": "tpcb"})
     tests.append({"id": "connect-c16", "group": "new connection per transaction (-C -S), -M simple",
                   "clients": 16, "args": ["-C", "-S", "-M", "simple", "-c", 16, "-j", 2,
                                           "-T", SECONDS]})
@@ -518,12 +522,22 @@ class Bench:
                         # What pgbench does itself without -n, done directly for every target.
                         self.cluster.psql("bench", "VACUUM pgbench_branches;\nVACUUM pgbench_tellers;\n"
                                                    "TRUNCATE pgbench_history;\n")
+                    proxy = self.proxies.get(target)
+                    cpu_before = cpu_seconds(proxy.pid) if proxy else None
                     r = pgbench(self.port(target), test["args"], timeout=SECONDS + 120)
                     r.update({"test": test["id"], "group": test["group"],
                               "clients": test["clients"], "target": target, "round": rnd})
+                    if proxy and proxy.alive():
+                        # The proxy process's CPU (all threads, user + system) over the run,
+                        # connecting the clients included, per transaction.
+                        r["cpu_seconds"] = round(cpu_seconds(proxy.pid) - cpu_before, 3)
+                        if r.get("transactions"):
+                            r["cpu_us_per_txn"] = round(r["cpu_seconds"] / r["transactions"] * 1e6, 2)
                     self.results.add("pgbench", r)
                     shown = f"{r['tps']:.0f} tps, {r['latency_ms']} ms" if r["ok"] else \
                         f"FAILS: {r['error']}"
+                    if r["ok"] and r.get("cpu_us_per_txn") is not None:
+                        shown += f", proxy CPU {r['cpu_us_per_txn']:.1f} µs/txn"
                     log(f"round {rnd + 1}/{ROUNDS} {test['id']:<22} {target:<9} {shown}")
                     self.check_alive(f"pgbench {test['id']} on {target}")
                     time.sleep(0.5)
@@ -785,6 +799,7 @@ def main():
                      "tenant_pool_size": TENANT_POOL, "clients": CLIENTS,
                      "idle_counts": IDLE_COUNTS, "cpu_transactions": (CPU_TXNS // 16) * 16,
                      "syscall_transactions": SYSCALL_TXNS, "pgbench_scale": SCALE,
+                     "proxy_workers": WORKERS or "default", "targets": TARGETS,
                      "max_connections": 600, "shared_buffers": "128MB", "fsync": "off",
                      "quick": os.environ.get("QUICK", "0") == "1"},
     }

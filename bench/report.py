@@ -106,13 +106,14 @@ def main():
         if r["test"] not in groups[r["group"]]:
             groups[r["group"]].append(r["test"])
     clients_of = {r["test"]: r["clients"] for r in raw["pgbench"]}
-    pgb = {t: {tg: summarize_runs(runs, ["tps", "latency_ms"]) for tg, runs in by.items()}
+    pgb = {t: {tg: summarize_runs(runs, ["tps", "latency_ms", "cpu_us_per_txn"]) for tg, runs in by.items()}
            for t, by in tests.items()}
 
     md = []
     md.append("# pgtenant benchmark results\n")
     md.append(f"Written by `bench/run.sh` ({meta.get('started')} – {meta.get('finished', 'unfinished')}). "
-              "See `bench/README.md` for what each figure means.\n")
+              "See `bench/README.md` for what each figure means; the per-statement work (TPC-B, extended "
+              "protocol, thread model, io_uring) is measured in `bench/RESULTS-per-statement.md`.\n")
     if st.get("quick"):
         md.append("> **Smoke run (QUICK=1)**: short runs, one round. The numbers show that "
                   "everything works, not how fast it is.\n")
@@ -265,6 +266,30 @@ def main():
               "PgBouncer tps (above 1: pgtenant is faster). tps cells show the median and, over "
               "several rounds, the lowest–highest round. Latency is pgbench's average.\n")
 
+    # ---- the per-statement table: the tests of the performance targets, side by side
+    key_tests = ["tpcb-c16", "tpcb-c64", "select-simple-c1", "select-simple-c64",
+                 "select-extended-c64", "select-prepared-c64"]
+    if any(k in pgb for k in key_tests):
+        md.append("## pgtenant ÷ PgBouncer, per test\n")
+        md.append("Medians over rounds. CPU/txn = the proxy process's user + system CPU over the run "
+                  "(all threads, from /proc/PID/stat) ÷ transactions.\n")
+        t = Table("test", "pgtenant tps", "pgtenant CPU µs/txn", "PgBouncer tps", "PgBouncer CPU µs/txn",
+                  "tps ÷", "CPU ÷")
+        for k in key_tests:
+            by = pgb.get(k)
+            if not by:
+                continue
+            pt, bo = by.get("pgtenant"), by.get("pgbouncer")
+            tps_r = fmt_ratio(pt["tps"], bo["tps"]) if usable(pt, "tps") and usable(bo, "tps") else "–"
+            cpu_r = fmt_ratio(pt["cpu_us_per_txn"], bo["cpu_us_per_txn"]) \
+                if usable(pt, "cpu_us_per_txn") and usable(bo, "cpu_us_per_txn") else "–"
+            t.add(k, cell_or_fail(pt, "tps", 0) if pt else "not run",
+                  fmt_num(pt["cpu_us_per_txn"], 1) if usable(pt, "cpu_us_per_txn") else "–",
+                  cell_or_fail(bo, "tps", 0) if bo else "not run",
+                  fmt_num(bo["cpu_us_per_txn"], 1) if usable(bo, "cpu_us_per_txn") else "–",
+                  tps_r, cpu_r)
+        md.append(t.render() + "\n")
+
     # ---- pgbench tables
     md.append("## pgbench\n")
     md.append("`pgbench -n -j 2` (one thread when 1 client) against database `bench` (scale 10). "
@@ -272,7 +297,8 @@ def main():
     summary_json = {}
     for group, test_ids in groups.items():
         md.append(f"### {group}\n")
-        t = Table("clients", "target", "tps", "latency ms", "ratio to direct", "pgtenant/pgbouncer")
+        t = Table("clients", "target", "tps", "latency ms", "proxy CPU µs/txn", "ratio to direct",
+                  "pgtenant/pgbouncer tps", "pgtenant/pgbouncer CPU")
         for tid in test_ids:
             by = pgb[tid]
             di = by.get("direct")
@@ -281,13 +307,18 @@ def main():
                 if s is None:
                     continue
                 rd = fmt_ratio(s["tps"], di["tps"]) if usable(s, "tps") and usable(di, "tps") else "–"
-                rp = "–"
+                rp, rc = "–", "–"
                 if tg == "pgtenant" and usable(s, "tps") and usable(by.get("pgbouncer"), "tps"):
                     rp = f"**{s['tps'] / by['pgbouncer']['tps']:.2f}**"
+                if tg == "pgtenant" and usable(s, "cpu_us_per_txn") and \
+                        usable(by.get("pgbouncer"), "cpu_us_per_txn"):
+                    rc = f"**{s['cpu_us_per_txn'] / by['pgbouncer']['cpu_us_per_txn']:.2f}**"
                 t.add(clients_of[tid], tg, cell_or_fail(s, "tps", 0, spread=True),
-                      fmt_num(s["latency_ms"], 3) if usable(s, "latency_ms") else "–", rd, rp)
-            summary_json[tid] = {tg: {k: by[tg][k] for k in ("tps", "latency_ms", "ok", "rounds",
-                                                             "rounds_ok", "error")}
+                      fmt_num(s["latency_ms"], 3) if usable(s, "latency_ms") else "–",
+                      fmt_num(s["cpu_us_per_txn"], 1) if usable(s, "cpu_us_per_txn") else "–",
+                      rd, rp, rc)
+            summary_json[tid] = {tg: {k: by[tg][k] for k in ("tps", "latency_ms", "cpu_us_per_txn", "ok",
+                                                             "rounds", "rounds_ok", "error")}
                                  for tg in by}
         md.append(t.render() + "\n")
         if "-M prepared" in group:

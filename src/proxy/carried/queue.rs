@@ -1033,3 +1033,7 @@ fn swallowed(swallow: bool) -> Verdict {
 #[cfg(test)]
 #[path = "queue_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "hotpath_tests.rs"]
+mod hotpath_tests;
