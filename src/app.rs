@@ -50,6 +50,11 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Turns true when the admin console asked the proxy to stop (SHUTDOWN).
     pub stop_requested: tokio::sync::watch::Sender<bool>,
+    /// Tenant moves under way or recorded (`moves`).
+    pub moves: Arc<crate::moves::Moves>,
+    /// This `App` itself, for work that outlives the request that started it (a
+    /// move started from the console goes on if its client leaves).
+    me: std::sync::Weak<App>,
 }
 
 impl App {
@@ -69,7 +74,8 @@ impl App {
         ));
         let metrics = pools.metrics.clone();
         metrics.set_max_tenants(settings.admin.metrics_max_tenants);
-        Arc::new(App {
+        Arc::new_cyclic(|me| App {
+            me: me.clone(),
             metrics,
             stop_requested: tokio::sync::watch::Sender::new(false),
             registry,
@@ -83,8 +89,14 @@ impl App {
             unauthenticated: Pending::new(settings.proxy.max_unauthenticated_per_address),
             passthrough: VerifierCache::default(),
             auth_secret: rand::random(),
+            moves: Arc::new(crate::moves::Moves::load(settings.registry.file.as_deref())),
             settings,
         })
+    }
+
+    /// The shared handle of this `App`.
+    pub fn handle(&self) -> Arc<App> {
+        self.me.upgrade().expect("an App is always held by an Arc")
     }
 
     pub fn next_client_id(&self) -> ClientId {

@@ -130,6 +130,20 @@ pub struct ClusterOptions {
     pub settings: Vec<(String, String)>,
 }
 
+impl ClusterOptions {
+    /// `wal_level = logical`: the cluster can publish to and subscribe from others
+    /// (what copying tenant moves use).
+    pub fn logical() -> ClusterOptions {
+        ClusterOptions::default().setting("wal_level", "logical")
+    }
+
+    /// Adds one postgresql.conf setting.
+    pub fn setting(mut self, name: &str, value: &str) -> ClusterOptions {
+        self.settings.push((name.into(), value.into()));
+        self
+    }
+}
+
 /// A throwaway cluster. Dropping it kills the server (and deletes its temp dir if it has one).
 pub struct Cluster {
     bin: PgBin,

@@ -94,6 +94,10 @@ pub struct AdminSettings {
     /// How long PAUSE waits for the tenant's servers to come back.
     #[serde(with = "humantime_serde")]
     pub pause_timeout: Duration,
+    /// A tenant move waits this long for session-mode clients to leave; those still
+    /// there are then told 57P01 (the tenant moved) and closed.
+    #[serde(with = "humantime_serde")]
+    pub move_timeout: Duration,
     /// Tenants labelled one by one in /metrics; the least active beyond this are
     /// summed under `tenant="_other"`.
     pub metrics_max_tenants: usize,
@@ -108,6 +112,7 @@ impl Default for AdminSettings {
             users: vec!["pgtenant".into()],
             console_trust_remote: false,
             pause_timeout: Duration::from_secs(10),
+            move_timeout: Duration::from_secs(30),
             metrics_max_tenants: 1000,
         }
     }
@@ -490,6 +495,9 @@ impl Settings {
         }
         if self.admin.pause_timeout.is_zero() {
             problem("admin.pause_timeout", "must be longer than zero".into());
+        }
+        if self.admin.move_timeout.is_zero() {
+            problem("admin.move_timeout", "must be longer than zero".into());
         }
         match (&self.registry.file, &self.registry.url) {
             (None, None) => problem("registry", "set either file or url".into()),

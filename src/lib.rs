@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod manage;
 pub mod metrics;
+pub mod moves;
 pub mod pool;
 pub mod protocol;
 pub mod proxy;

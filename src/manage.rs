@@ -88,6 +88,9 @@ pub enum TenantCommand {
         #[command(flatten)]
         config: ConfigOpt,
     },
+    /// Move a tenant to another host (its data too with --copy), through the
+    /// running proxy; blocks until the move is done.
+    Move(crate::moves::cli::MoveArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -243,6 +246,10 @@ pub fn tenant(
 ) -> anyhow::Result<()> {
     runtime().block_on(async {
         match cmd {
+            TenantCommand::Move(args) => {
+                let config = resolve(args.config.clone())?;
+                crate::moves::cli::run(args, &config).await
+            }
             TenantCommand::List { config, output } => {
                 let store = open(&resolve(config.config)?)?;
                 let tenants = store.tenants().await?;

@@ -120,6 +120,13 @@ impl Server {
         if let Some(instances) = instances {
             app.cancels.set_instances(instances);
         }
+        // Tenant moves run by the other instances pause this one too.
+        if let (Some(me), Some(url)) = (
+            crate::moves::fleet::instance_id(&app),
+            app.settings.registry.url.clone(),
+        ) {
+            crate::moves::fleet::follow(Arc::downgrade(&app), url, me);
+        }
         crate::pool::run_maintenance(
             app.pools.clone(),
             Duration::from_secs(1).min(app.settings.pool.host_turn.max(Duration::from_millis(10))),

@@ -21,7 +21,7 @@ use crate::registry::store::{
     HostRecord, Store, StoreError, TenantRecord, TenantUpdate, UserRecord,
 };
 
-type AppState = std::sync::Weak<App>;
+pub(super) type AppState = std::sync::Weak<App>;
 
 struct ApiError(StatusCode, String);
 
@@ -67,7 +67,11 @@ pub fn routes(app: &Arc<App>) -> Router {
 
 /// `Authorization: Bearer <admin.http_token>` on every request; with no token
 /// configured the API is off (403).
-async fn token_required(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub(super) async fn token_required(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     use subtle::ConstantTimeEq;
     let Some(app) = state.upgrade() else {
         return ApiError(StatusCode::SERVICE_UNAVAILABLE, "stopped".into()).into_response();

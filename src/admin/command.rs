@@ -14,6 +14,7 @@ pub enum Show {
     Stats,
     Config,
     Version,
+    Moves,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +26,10 @@ pub enum Command {
     Reload,
     Kill(String),
     Shutdown,
+    /// `MOVE tenant TO host [COPY] [DROP SOURCE]`.
+    Move(crate::moves::MoveRequest),
+    /// `ABORT MOVE tenant`.
+    AbortMove(String),
     /// `SET …` from drivers that configure every connection: accepted, ignored.
     Set,
     /// Nothing but whitespace and semicolons.
@@ -32,7 +37,7 @@ pub enum Command {
 }
 
 /// The list an unknown command is answered with.
-pub const COMMANDS: &str = "SHOW TENANTS | POOLS | CLIENTS | SERVERS | HOSTS | STATS | CONFIG | VERSION; PAUSE [tenant]; RESUME [tenant]; RELOAD; KILL tenant; SHUTDOWN";
+pub const COMMANDS: &str = "SHOW TENANTS | POOLS | CLIENTS | SERVERS | HOSTS | STATS | CONFIG | VERSION; PAUSE [tenant]; RESUME [tenant]; RELOAD; KILL tenant; SHUTDOWN; SHOW MOVES; MOVE tenant TO host [COPY] [DROP SOURCE]; ABORT MOVE tenant";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -56,6 +61,7 @@ impl Command {
                 "STATS" => Show::Stats,
                 "CONFIG" => Show::Config,
                 "VERSION" => Show::Version,
+                "MOVES" => Show::Moves,
                 _ => return Err(unknown(text)),
             }),
             ["PAUSE"] => Command::Pause(None),
@@ -65,6 +71,11 @@ impl Command {
             ["RELOAD"] => Command::Reload,
             ["KILL", _] => Command::Kill(tenant(1).expect("two words")),
             ["SHUTDOWN"] => Command::Shutdown,
+            ["ABORT", "MOVE", _] => Command::AbortMove(tenant(2).expect("three words")),
+            ["MOVE", ..] => match super::moving::parse(&words) {
+                Some(request) => Command::Move(request),
+                None => return Err(unknown(text)),
+            },
             ["SET", ..] => Command::Set,
             _ => return Err(unknown(text)),
         };
@@ -89,6 +100,8 @@ impl Command {
             Command::Reload => "RELOAD",
             Command::Kill(_) => "KILL",
             Command::Shutdown => "SHUTDOWN",
+            Command::Move(_) => "MOVE",
+            Command::AbortMove(_) => "ABORT",
             Command::Set => "SET",
             Command::Empty => "",
         }
@@ -114,6 +127,7 @@ use Type::{Bool, Float8, Int8, Text};
 impl Show {
     pub fn columns(self) -> &'static [Column] {
         match self {
+            Show::Moves => super::moving::COLUMNS,
             Show::Tenants => &[
                 Column {
                     name: "tenant",

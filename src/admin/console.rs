@@ -312,6 +312,8 @@ impl Console<'_> {
             Command::Reload => control::reload(app)?,
             Command::Kill(tenant) => control::kill(app, tenant)?,
             Command::Shutdown => control::shutdown(app)?,
+            Command::Move(request) => super::moving::run(&app.handle(), request).await?,
+            Command::AbortMove(tenant) => super::moving::abort(&app.handle(), tenant).await?,
             Command::Set | Command::Empty => String::new(),
         };
         if !said.is_empty() {

@@ -40,7 +40,8 @@ pub async fn start(app: &Arc<App>, address: &str) -> std::io::Result<SocketAddr>
         .route_layer(middleware::from_fn_with_state(shared.clone(), bearer))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(shared)
-        .merge(crate::admin::api::routes(app));
+        .merge(crate::admin::api::routes(app))
+        .merge(crate::admin::moving::routes(app));
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
             tracing::warn!(error = %e, "HTTP listener stopped");

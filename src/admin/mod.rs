@@ -8,6 +8,7 @@ pub mod console;
 pub mod control;
 pub mod http;
 pub mod limits;
+pub mod moving;
 mod page;
 pub mod prom;
 pub mod show;

@@ -20,6 +20,7 @@ pub fn rows(app: &App, show: Show) -> Rows {
         Show::Stats => stats(app),
         Show::Config => config(app),
         Show::Version => vec![vec![version().into()]],
+        Show::Moves => super::moving::rows(app),
     }
 }
 
@@ -284,6 +285,7 @@ fn config(app: &App) -> Rows {
         ("admin.console_database", s.admin.console_database.clone()),
         ("admin.users", s.admin.users.join(",")),
         ("admin.pause_timeout", d(s.admin.pause_timeout)),
+        ("admin.move_timeout", d(s.admin.move_timeout)),
         (
             "admin.metrics_max_tenants",
             s.admin.metrics_max_tenants.to_string(),

@@ -142,7 +142,7 @@ impl Pools {
     /// the common case of a transaction-mode client, served without a future.
     pub fn try_checkout(&self, handle: &PoolHandle) -> Option<PooledConn> {
         let pool = &handle.0;
-        if pool.gate.is_paused() {
+        if pool.gate.is_paused() || pool.is_retired() {
             return None;
         }
         let slot = pool.slots.clone().try_acquire_owned().ok()?;
@@ -203,12 +203,15 @@ impl Pools {
         started: Instant,
         within: Duration,
     ) -> Result<PooledConn, PoolError> {
-        let pool = &handle.0;
         let deadline = started + within;
-        let passed = match pool.gate.is_paused() {
-            true => Some(gate::pass(&pool.gate, &pool.tenant, started, deadline).await?),
+        let passed = match handle.0.gate.is_paused() {
+            true => Some(gate::pass(&handle.0.gate, &handle.0.tenant, started, deadline).await?),
             false => None,
         };
+        // A client that waited through a move holds the pool of the old host: its
+        // server comes from the pool that replaced it, never from the old host.
+        let replacement = self.replacement(&handle.0);
+        let pool = replacement.as_ref().unwrap_or(&handle.0);
         let timeout = || PoolError::Timeout {
             tenant: pool.tenant.clone(),
             pool_size: pool.size,
@@ -414,6 +417,35 @@ impl Pools {
             *entry = new_pool();
         }
         entry.clone()
+    }
+
+    /// The pool now serving what `pool` served, when the registry replaced it.
+    fn replacement(&self, pool: &Arc<TenantPool>) -> Option<Arc<TenantPool>> {
+        if !pool.is_retired() {
+            return None;
+        }
+        let key = PoolKey {
+            tenant: pool.tenant.clone(),
+            user: pool.target.user.clone(),
+        };
+        let current = self.pools.get(&key)?.clone();
+        (!current.is_retired()).then_some(current)
+    }
+
+    /// A tenant moved: each of its pools is replaced by one for `tenant` on `host`
+    /// now, before any waiting client goes on, so no new server connection is opened
+    /// to the old target. The old pools' connections close as they come back.
+    pub fn repoint(&self, tenant: &Tenant, host: &Host) -> usize {
+        let users: Vec<String> = self
+            .pools
+            .iter()
+            .filter(|p| p.key().tenant == tenant.name)
+            .map(|p| p.key().user.clone())
+            .collect();
+        for user in &users {
+            self.pool_for(tenant, host, user);
+        }
+        users.len()
     }
 
     /// Where the SCRAM keys proven for `role` on `address` are kept.

@@ -250,13 +250,17 @@ impl TenantPool {
     /// The registry changed this tenant's target. A shared set keeps its idle
     /// connections: they still serve its other tenants.
     pub(super) fn retire(&self) {
-        self.retired.store(true, Ordering::Relaxed);
+        self.retired.store(true, Ordering::Release);
         if self.is_shared() {
             return;
         }
         for idle in self.idle.idle.lock().unwrap().drain(..) {
             close_later(idle.conn, idle.budget, None);
         }
+    }
+
+    pub(super) fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
     }
 
     pub(super) fn give_back(&self, conn: Box<ServerConn>, budget: BudgetPermit) {

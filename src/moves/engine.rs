@@ -1,0 +1,519 @@
+//! One move from start to end: check, copy and catch up (with `copy`), pause and
+//! drain, wait for the last changes, set the sequences, switch the registry, resume,
+//! clean up. A failure or an abort before the switch resumes the tenant on the
+//! source and drops what the move made; the record says why.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::copy::{self, Copy, Endpoint, Scope};
+use super::fleet::{self, Coordinator};
+use super::phase::Replication;
+use super::{MoveError, MoveRecord, MoveRequest, Phase, Running};
+use crate::app::App;
+use crate::registry::{HostName, TenantName};
+
+/// How often the copy's progress and the catch-up are looked at.
+const POLL: Duration = Duration::from_millis(50);
+/// Under the pause, how long the last changes may take to reach the target.
+const FINAL_CATCH_UP: Duration = Duration::from_secs(10);
+
+/// Starts a move in the background; the returned entry says when it ends.
+pub fn start(app: &Arc<App>, request: MoveRequest) -> Result<Arc<Running>, MoveError> {
+    let (record, plan) = plan(app, &request)?;
+    let running = app.moves.begin(&request.tenant)?;
+    // What a move cut short left (replication objects, a partial copy) is known
+    // only from its record: it is aborted before another move may start.
+    if let Some(earlier) = app
+        .moves
+        .record(&request.tenant)
+        .filter(MoveRecord::is_open)
+    {
+        app.moves.end(&request.tenant);
+        return Err(MoveError::Refused(format!(
+            "an earlier move of tenant \"{}\" to {} was cut short in phase {}; abort it first (pgtenant tenant move --abort {} or ABORT MOVE {})",
+            request.tenant, earlier.to, earlier.phase, request.tenant, request.tenant
+        )));
+    }
+    app.moves.update(&record);
+    let (app, entry) = (app.clone(), running.clone());
+    tokio::spawn(async move {
+        let tenant = request.tenant.clone();
+        let outcome = run(&app, &request, plan, record, entry.abort.subscribe()).await;
+        app.moves.end(&tenant);
+        entry
+            .done
+            .send_replace(Some(outcome.map_err(|e| e.to_string())));
+    });
+    Ok(running)
+}
+
+/// Asks a running move to stop; it resumes the tenant on the source and cleans up.
+/// A move cut short by a restart is cleaned up here and now.
+pub async fn abort(app: &Arc<App>, tenant: &str) -> Result<String, MoveError> {
+    if let Some(running) = app.moves.running(tenant) {
+        running.abort.send_replace(true);
+        let mut done = running.done.subscribe();
+        let _ = done.wait_for(|d| d.is_some()).await;
+        let outcome = done.borrow().clone().expect("ended");
+        return match outcome {
+            Ok(message) => Err(MoveError::Failed(format!(
+                "the move had already switched and finished: {message}"
+            ))),
+            Err(message) => Ok(message),
+        };
+    }
+    let record = app
+        .moves
+        .record(tenant)
+        .filter(MoveRecord::is_open)
+        .ok_or_else(|| MoveError::Refused(format!("no move of tenant \"{tenant}\" to abort")))?;
+    if !record.phase.before_switch() {
+        let done = finish_interrupted(app, &record).await;
+        return Err(MoveError::Failed(format!(
+            "the move of tenant \"{tenant}\" had switched to {} before it was cut short; it cannot be undone, only finished: {done}",
+            record.to
+        )));
+    }
+    let snapshot = app.registry.snapshot();
+    let cleanup = match (&record.replication, snapshot.tenant(tenant)) {
+        (Some(r), Some(t)) => cleanup(app, &record, &t.search_path, r).await,
+        _ => String::new(),
+    };
+    let message = format!(
+        "move of tenant \"{tenant}\" aborted; it serves from {}{cleanup}",
+        record.from
+    );
+    app.moves.modify(tenant, |r| {
+        r.phase = Phase::Aborted;
+        r.finished = true;
+        r.message = message.clone();
+        r.updated_at = super::phase::now();
+    });
+    Ok(message)
+}
+
+struct Plan {
+    tenant: TenantName,
+    to: HostName,
+    source: Option<Endpoint>,
+    target: Option<Endpoint>,
+    scope: Scope,
+}
+
+fn plan(app: &App, request: &MoveRequest) -> Result<(MoveRecord, Plan), MoveError> {
+    let refuse = |m: String| Err(MoveError::Refused(m));
+    let snapshot = app.registry.snapshot();
+    let Some(tenant) = snapshot
+        .tenants()
+        .find(|t| t.name.as_str() == request.tenant)
+    else {
+        return refuse(format!(
+            "tenant \"{}\" is not listed in the registry (a tenant served by the template entry cannot be moved alone)",
+            request.tenant
+        ));
+    };
+    let to = HostName::new(&request.to);
+    let Some(target) = snapshot.host(&to) else {
+        return refuse(format!("host \"{}\" is not in the registry", request.to));
+    };
+    if tenant.host == to {
+        return refuse(format!(
+            "tenant \"{}\" is already on host {}",
+            request.tenant, request.to
+        ));
+    }
+    let source = snapshot
+        .host(&tenant.host)
+        .ok_or_else(|| MoveError::Refused(format!("host \"{}\" is unknown", tenant.host)))?;
+    if request.copy && source.address == target.address {
+        return refuse(format!(
+            "hosts {} and {} are the same server ({}): nothing to copy",
+            tenant.host, to, source.address
+        ));
+    }
+    let endpoints = match request.copy {
+        true => Some((
+            Endpoint::new(&source, &tenant.database).map_err(MoveError::Refused)?,
+            Endpoint::new(&target, &tenant.database).map_err(MoveError::Refused)?,
+        )),
+        false => None,
+    };
+    let record = MoveRecord::new(
+        &request.tenant,
+        tenant.host.as_str(),
+        &request.to,
+        request.copy,
+    );
+    let (source, target) = endpoints.unzip();
+    Ok((
+        record,
+        Plan {
+            tenant: tenant.name.clone(),
+            to,
+            source,
+            target,
+            scope: Scope::of(&tenant.search_path),
+        },
+    ))
+}
+
+/// Watches for an abort while a step runs.
+async fn or_abort<T>(
+    abort: &mut watch::Receiver<bool>,
+    step: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    tokio::select! {
+        r = step => r,
+        _ = abort.wait_for(|a| *a) => Err(ABORTED.into()),
+    }
+}
+
+const ABORTED: &str = "aborted";
+
+async fn run(
+    app: &Arc<App>,
+    request: &MoveRequest,
+    plan: Plan,
+    mut record: MoveRecord,
+    mut abort: watch::Receiver<bool>,
+) -> Result<String, MoveError> {
+    let mut paused_at = None;
+    let mut fleet = None;
+    let result = steps(
+        app,
+        request,
+        &plan,
+        &mut record,
+        (&mut paused_at, &mut fleet),
+        &mut abort,
+    )
+    .await;
+    match result {
+        Ok(message) => Ok(message),
+        Err(why) => {
+            // Before the switch: the tenant goes on from the source, everywhere.
+            if paused_at.is_some() {
+                app.pools.resume(&plan.tenant);
+            }
+            if let Some(fleet) = fleet.as_mut() {
+                fleet.resume_others(&record.from).await;
+            }
+            let cleanup = match &record.replication {
+                Some(r) => cleanup(app, &record, &app_search_path(app, &plan.tenant), r).await,
+                None => String::new(),
+            };
+            let aborted = why == ABORTED;
+            let message = match aborted {
+                true => format!(
+                    "move of tenant \"{}\" aborted; it serves from {}{cleanup}",
+                    plan.tenant, record.from
+                ),
+                false => format!(
+                    "move of tenant \"{}\" failed in phase {}: {why}; it serves from {}{cleanup}",
+                    plan.tenant, record.phase, record.from
+                ),
+            };
+            tracing::warn!(tenant = %plan.tenant, "{message}");
+            record.phase = if aborted {
+                Phase::Aborted
+            } else {
+                Phase::Failed
+            };
+            record.finished = true;
+            record.message = message.clone();
+            record.updated_at = super::phase::now();
+            app.moves.update(&record);
+            Err(match aborted {
+                true => MoveError::Aborted(message),
+                false => MoveError::Failed(message),
+            })
+        }
+    }
+}
+
+fn app_search_path(app: &App, tenant: &TenantName) -> Vec<String> {
+    app.registry
+        .snapshot()
+        .tenant(tenant.as_str())
+        .map(|t| t.search_path.clone())
+        .unwrap_or_default()
+}
+
+/// Drops the replication objects and the partial copy on the target; says what
+/// could not be dropped.
+async fn cleanup(
+    app: &App,
+    record: &MoveRecord,
+    search_path: &[String],
+    r: &Replication,
+) -> String {
+    let snapshot = app.registry.snapshot();
+    let (Some(from), Some(to)) = (
+        snapshot.host(&HostName::new(&record.from)),
+        snapshot.host(&HostName::new(&record.to)),
+    ) else {
+        return "; its hosts are no longer in the registry: drop the replication objects by hand"
+            .into();
+    };
+    let (Ok(source), Ok(target)) = (
+        Endpoint::new(&from, &r.database),
+        Endpoint::new(&to, &r.database),
+    ) else {
+        return String::new();
+    };
+    let mut left = Vec::new();
+    if let Err(e) = copy::drop_replication(&source, &target, &r.name).await {
+        left.push(format!("replication objects {}: {e}", r.name));
+    } else if r.target_made {
+        // Only what this move made: a schema or database that was there before the
+        // move is never dropped.
+        if let Err(e) = copy::drop_copy(&target, &Scope::of(search_path)).await {
+            left.push(format!("the partial copy on {}: {e}", record.to));
+        }
+    }
+    match (left.is_empty(), r.target_made) {
+        (true, true) => format!("; the partial copy on {} was dropped", record.to),
+        (true, false) => String::new(),
+        (false, _) => format!("; could not drop {}", left.join("; ")),
+    }
+}
+
+/// A move that had switched when it was cut short: the tenant serves from the
+/// target; what is left is dropping the replication objects.
+async fn finish_interrupted(app: &App, record: &MoveRecord) -> String {
+    let Some(r) = &record.replication else {
+        return "nothing left to drop".into();
+    };
+    let snapshot = app.registry.snapshot();
+    let hosts = (
+        snapshot.host(&HostName::new(&record.from)),
+        snapshot.host(&HostName::new(&record.to)),
+    );
+    let message = match hosts {
+        (Some(from), Some(to)) => match (
+            Endpoint::new(&from, &r.database),
+            Endpoint::new(&to, &r.database),
+        ) {
+            (Ok(s), Ok(t)) => match copy::drop_replication(&s, &t, &r.name).await {
+                Ok(()) => "replication objects dropped".to_string(),
+                Err(e) => format!("could not drop the replication objects: {e}"),
+            },
+            _ => "bad host address".into(),
+        },
+        _ => "its hosts are no longer in the registry".into(),
+    };
+    app.moves.modify(&record.tenant, |r| {
+        r.phase = Phase::Active;
+        r.finished = true;
+        r.message = message.clone();
+    });
+    message
+}
+
+fn set_phase(app: &App, record: &mut MoveRecord, phase: Phase) {
+    tracing::info!(tenant = %record.tenant, from = %record.from, to = %record.to, phase = %phase, "move");
+    record.phase = phase;
+    record.updated_at = super::phase::now();
+    app.moves.update(record);
+    registry_state(app, &record.tenant, phase);
+}
+
+/// With the PostgreSQL registry, the phase goes to the tenant's `state` column
+/// (`active` once the move has ended, whichever way).
+fn registry_state(app: &App, tenant: &str, phase: Phase) {
+    let Some(url) = app.settings.registry.url.clone() else {
+        return;
+    };
+    let state = match phase {
+        Phase::Failed | Phase::Aborted => Phase::Active,
+        phase => phase,
+    };
+    let tenant = tenant.to_string();
+    tokio::spawn(async move {
+        if let Err(e) = super::state::set_registry_state(&url, &tenant, state.as_str()).await {
+            tracing::warn!(%tenant, "cannot record the move's phase in the registry: {e}");
+        }
+    });
+}
+
+async fn steps(
+    app: &Arc<App>,
+    request: &MoveRequest,
+    plan: &Plan,
+    record: &mut MoveRecord,
+    (paused_at, fleet): (&mut Option<Instant>, &mut Option<Coordinator>),
+    abort: &mut watch::Receiver<bool>,
+) -> Result<String, String> {
+    // With other instances on the registry database, they pause and acknowledge too.
+    if let (Some(me), Some(url)) = (fleet::instance_id(app), &app.settings.registry.url) {
+        *fleet = Some(Coordinator::open(url, me, plan.tenant.as_str()).await?);
+    }
+    let mut copy = None;
+    if let (Some(source), Some(target)) = (&plan.source, &plan.target) {
+        let name = copy::object_name(plan.tenant.as_str());
+        let mut c = or_abort(
+            abort,
+            Copy::open(
+                source.clone(),
+                target.clone(),
+                plan.scope.clone(),
+                name.clone(),
+            ),
+        )
+        .await?;
+        or_abort(abort, c.check()).await?;
+        set_phase(app, record, Phase::Copying);
+        // From here on, a failure drops what was made.
+        record.replication = Some(Replication {
+            name: name.clone(),
+            database: source.database.clone(),
+            target_made: false,
+        });
+        app.moves.update(record);
+        // Not cut short by an abort: what it made on the target must be known to be
+        // dropped again.
+        let prepared = c.prepare_target().await;
+        if let Some(r) = record.replication.as_mut() {
+            r.target_made = c.created_database || c.created_schemas;
+        }
+        app.moves.update(record);
+        prepared?;
+        c.start().await?;
+        loop {
+            let progress = or_abort(abort, c.progress()).await?;
+            record.rows_done = progress.rows_done;
+            record.rows_total = progress.rows_total;
+            record.bytes_done = progress.bytes_done;
+            record.bytes_total = progress.bytes_total;
+            app.moves.update(record);
+            if or_abort(abort, c.synced()).await? {
+                break;
+            }
+            or_abort(abort, async {
+                tokio::time::sleep(POLL * 4).await;
+                Ok(())
+            })
+            .await?;
+        }
+        record.rows_done = record.rows_total;
+        record.bytes_done = record.bytes_total;
+        set_phase(app, record, Phase::CatchingUp);
+        // Close enough that the last stretch under the pause is short.
+        loop {
+            let lsn = or_abort(abort, c.source_lsn()).await?;
+            if or_abort(abort, c.confirmed(&lsn)).await? {
+                break;
+            }
+            or_abort(abort, async {
+                tokio::time::sleep(POLL).await;
+                Ok(())
+            })
+            .await?;
+        }
+        copy = Some(c);
+    }
+
+    set_phase(app, record, Phase::Paused);
+    *paused_at = Some(Instant::now());
+    let tenant = &plan.tenant;
+    let others = async {
+        match fleet.as_mut() {
+            Some(f) => {
+                let drain = app.settings.admin.move_timeout;
+                f.pause_others(&record.from, plan.to.as_str(), drain).await
+            }
+            None => Ok(0),
+        }
+    };
+    let (closed, others) =
+        tokio::join!(drain_or_abort(app, tenant, plan.to.as_str(), abort), others);
+    let (closed, others) = (closed?, others?);
+    if others > 0 {
+        tracing::info!(%tenant, instances = others, "move: the other instances paused the tenant");
+    }
+    if let Some(c) = &copy {
+        // Nothing of the tenant's writes now; the last of them reach the target.
+        let lsn = c.source_lsn().await?;
+        let deadline = Instant::now() + FINAL_CATCH_UP;
+        while !or_abort(abort, c.confirmed(&lsn)).await? {
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the target did not reach the source's position {lsn} within {FINAL_CATCH_UP:?}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        c.sync_sequences().await?;
+    }
+    if *abort.borrow() {
+        return Err(ABORTED.into());
+    }
+    switch(app, tenant, &record.from.clone(), &plan.to).await?;
+    set_phase(app, record, Phase::Switched);
+    app.pools.resume(tenant);
+    if let Some(f) = fleet.as_mut() {
+        f.resume_others(plan.to.as_str()).await;
+    }
+    let paused = paused_at.map(|t| t.elapsed()).unwrap_or_default();
+    record.paused_ms = Some(paused.as_millis() as u64);
+    tracing::info!(%tenant, to = %plan.to, paused_ms = paused.as_millis() as u64, "move: switched and resumed");
+
+    // After the resume: nothing here keeps clients waiting.
+    let mut notes = Vec::new();
+    if closed > 0 {
+        notes.push(format!("{closed} session client(s) told to reconnect"));
+    }
+    if let (Some(c), Some(r)) = (&copy, &record.replication) {
+        match copy::drop_replication(&c.source, &c.target, &r.name).await {
+            Ok(()) => notes.push("replication objects dropped".into()),
+            Err(e) => notes.push(format!("could not drop the replication objects: {e}")),
+        }
+        if request.drop_source {
+            match copy::drop_copy(&c.source, &plan.scope).await {
+                Ok(()) => notes.push(format!("source copy on {} dropped", record.from)),
+                Err(e) => notes.push(format!("could not drop the source copy: {e}")),
+            }
+        } else {
+            notes.push(format!("source copy left on {}", record.from));
+        }
+    }
+    let message = format!(
+        "tenant \"{tenant}\" moved from {} to {}; paused {} ms{}{}",
+        record.from,
+        record.to,
+        paused.as_millis(),
+        if notes.is_empty() { "" } else { "; " },
+        notes.join("; ")
+    );
+    record.message = message.clone();
+    record.finished = true;
+    set_phase(app, record, Phase::Active);
+    Ok(message)
+}
+
+async fn drain_or_abort(
+    app: &App,
+    tenant: &TenantName,
+    to: &str,
+    abort: &mut watch::Receiver<bool>,
+) -> Result<usize, String> {
+    super::drain::pause_and_drain(app, tenant, to, abort.clone()).await
+}
+
+/// Points the tenant at `to` in the registry and its pools at the new host, before
+/// any waiting client goes on.
+async fn switch(app: &App, tenant: &TenantName, from: &str, to: &HostName) -> Result<(), String> {
+    super::switch::switch(app, tenant, from, to).await?;
+    let snapshot = app.registry.snapshot();
+    let moved = snapshot
+        .tenant(tenant.as_str())
+        .ok_or("the tenant is gone from the registry")?;
+    let host = snapshot
+        .host(to)
+        .ok_or("target host gone from the registry")?;
+    app.pools.repoint(&moved, &host);
+    Ok(())
+}
