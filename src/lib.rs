@@ -10,6 +10,8 @@ pub mod backend;
 pub mod check;
 pub mod cli;
 pub mod config;
+#[cfg(test)]
+mod fuzz;
 pub mod metrics;
 pub mod pool;
 pub mod protocol;
