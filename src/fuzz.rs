@@ -62,7 +62,10 @@ fn mutation() -> impl Strategy<Value = Mutation> {
     ];
     prop_oneof![
         (any::<usize>(), any::<u8>()).prop_map(|(at, b)| Mutation::Flip(at, b)),
-        (any::<usize>(), proptest::collection::vec(any::<u8>(), 1..16))
+        (
+            any::<usize>(),
+            proptest::collection::vec(any::<u8>(), 1..16)
+        )
             .prop_map(|(at, b)| Mutation::Insert(at, b)),
         (any::<usize>(), 1usize..64).prop_map(|(at, n)| Mutation::Remove(at, n)),
         (any::<usize>(), length).prop_map(|(at, n)| Mutation::Length(at, n)),

@@ -7,8 +7,8 @@
 use bytes::{BufMut, BytesMut};
 use proptest::prelude::*;
 
-use super::messages;
 use super::frame::{frame_len, missing_bytes, split_frame, FrameError, HEADER_LEN};
+use super::messages;
 use super::startup::{parse_startup, StartupError, StartupPacket, MAX_STARTUP_LEN};
 use crate::fuzz::{chunks, config, corpus, mutated};
 
@@ -65,7 +65,9 @@ fn read_client(pieces: &[Vec<u8>]) -> Vec<Step> {
                         let bytes = frame.as_bytes();
                         let declared = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
                         assert_eq!(declared as usize + 1, bytes.len());
-                        assert!(bytes.len() <= MAX && frame.body().len() + HEADER_LEN == bytes.len());
+                        assert!(
+                            bytes.len() <= MAX && frame.body().len() + HEADER_LEN == bytes.len()
+                        );
                         assert_eq!(before - buf.len(), bytes.len());
                         steps.push(Step::Frame(bytes.to_vec()));
                     }
@@ -114,7 +116,9 @@ fn read_server(pieces: &[Vec<u8>]) -> Vec<Step> {
 fn the_corpus_reads_whole_without_error() {
     for stream in corpus("-client.bin") {
         let steps = read_client(&[stream.clone()]);
-        assert!(steps.iter().any(|s| matches!(s, Step::Startup(StartupPacket::Startup(_)))));
+        assert!(steps
+            .iter()
+            .any(|s| matches!(s, Step::Startup(StartupPacket::Startup(_)))));
         let framed: usize = steps
             .iter()
             .map(|s| match s {
@@ -145,7 +149,10 @@ fn a_length_is_refused_before_its_bytes_arrive() {
         (0u32, Err(StartupError::TooShort(0))),
         (3, Err(StartupError::TooShort(3))),
         (7, Err(StartupError::TooShort(7))),
-        (i32::MAX as u32, Err(StartupError::TooLong(i32::MAX as usize))),
+        (
+            i32::MAX as u32,
+            Err(StartupError::TooLong(i32::MAX as usize)),
+        ),
         (u32::MAX, Err(StartupError::TooLong(u32::MAX as usize))),
     ] {
         let mut buf = BytesMut::new();
@@ -159,7 +166,10 @@ fn a_length_is_refused_before_its_bytes_arrive() {
     }
     let mut buf = BytesMut::from(&b"Q"[..]);
     buf.put_u32(1 << 30);
-    assert!(matches!(split_frame(&mut buf, MAX), Err(FrameError::TooLong { .. })));
+    assert!(matches!(
+        split_frame(&mut buf, MAX),
+        Err(FrameError::TooLong { .. })
+    ));
 }
 
 fn params() -> impl Strategy<Value = Vec<(String, String)>> {
