@@ -391,6 +391,12 @@ pub fn watch(registry: Arc<Registry>, path: PathBuf, interval: Duration, secrets
 
 /// One reload attempt: swap in the new snapshot, or log why not and keep the old one.
 pub fn reload(registry: &Registry, path: &Path, secrets: &Secrets) -> bool {
+    // A file that reads empty while serving is one being written (truncated, then
+    // filled), not a registry of no tenants: that takes at least a comment.
+    if std::fs::read(path).is_ok_and(|bytes| bytes.trim_ascii().is_empty()) {
+        tracing::error!(file = %path.display(), "registry update refused, previous registry keeps serving: the file is empty (a registry with no tenants says so with a comment)");
+        return false;
+    }
     match load(path, secrets) {
         Ok(snapshot) => {
             tracing::info!(
