@@ -207,6 +207,7 @@ proptest! {
             Ok(None) => prop_assert!(false, "a whole header gave no length"),
             Err(FrameError::TooShort(n)) => prop_assert!(n == declared && n < 4),
             Err(FrameError::TooLong { len, .. }) => prop_assert!(len > max),
+            Err(e @ FrameError::UnknownType(_)) => prop_assert!(false, "{e}"),
         }
     }
 
