@@ -57,14 +57,18 @@ fn parse(args: &[String]) -> Result<Opts, String> {
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
-        let bad = |_| format!("{flag}: bad value {value:?}");
+        let bad = |_: std::num::ParseIntError| format!("{flag}: bad value {value:?}");
         match flag.as_str() {
             "--host" => o.host = value.clone(),
             "--port" => o.port = value.parse().map_err(bad)?,
             "--db" => o.db = value.clone(),
             "--server-port" => o.server_port = value.parse().map_err(bad)?,
             "--clients" => o.clients = value.parse().map_err(bad)?,
-            "--minutes" => o.minutes = value.parse().map_err(bad)?,
+            "--minutes" => {
+                o.minutes = value
+                    .parse()
+                    .map_err(|_| format!("{flag}: bad value {value:?}"))?
+            }
             "--fault-every" => o.fault_every = value.parse().map_err(bad)?,
             "--user" => o.user = value.clone(),
             "--server-user" => o.server_user = value.clone(),

@@ -28,18 +28,20 @@ die() { say "error: $*"; exit 1; }
 PG_BIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -t/ -k5 -n -r | head -n 1)}
 [[ -x $PG_BIN/initdb ]] || die "no PostgreSQL server binaries (set PG_BIN)"
 
-if [[ $PROFILE == release ]]; then
-    say "building pgtenant (cargo build --release)"
-    cargo build --release --bin pgtenant >&2
-fi
-PGTENANT_BIN=$ROOT/target/$PROFILE/pgtenant
-[[ -x $PGTENANT_BIN ]] || die "no $PGTENANT_BIN"
-say "building the soak driver (cargo bench --no-run --bench soak)"
-SOAK_BIN=$(cargo bench --no-run --bench soak --message-format=json \
+case $PROFILE in
+    release) profile_flag=--release ;;
+    debug) profile_flag= ;;
+    *) die "SOAK_PROFILE is release or debug" ;;
+esac
+say "building pgtenant and the soak driver (cargo build $profile_flag --bin pgtenant --bench soak)"
+built=$(cargo build $profile_flag --bin pgtenant --bench soak --message-format=json \
     | python3 -c 'import json,sys
-exe=[m["executable"] for m in map(json.loads, sys.stdin) if m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["name"]=="soak"]
-print(exe[-1] if exe else "")')
-[[ -x $SOAK_BIN ]] || die "could not find the soak driver's binary"
+for m in map(json.loads, sys.stdin):
+    if m.get("reason")=="compiler-artifact" and m.get("executable"): print(m["target"]["name"], m["executable"])')
+PGTENANT_BIN=$(awk '$1=="pgtenant"{print $2}' <<<"$built" | tail -n 1)
+SOAK_BIN=$(awk '$1=="soak"{print $2}' <<<"$built" | tail -n 1)
+[[ -x $PGTENANT_BIN ]] || die "no pgtenant binary after the build"
+[[ -x $SOAK_BIN ]] || die "no soak driver after the build"
 
 hard=$(ulimit -Hn)
 if [[ $hard == unlimited ]]; then ulimit -n 65536 || true; else ulimit -n "$hard" || true; fi

@@ -125,13 +125,6 @@ fn code(e: &tokio_postgres::Error) -> String {
         .map_or_else(|| describe(e), |c| c.code().to_string())
 }
 
-fn code_of<T>(result: Result<T, tokio_postgres::Error>) -> String {
-    match result {
-        Ok(_) => "ok".into(),
-        Err(e) => code(&e),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_terminated_in_a_transaction_fails_that_client_only() {
     let env = txn_env("", "").start().await;

@@ -115,7 +115,7 @@ fn read_server(pieces: &[Vec<u8>]) -> Vec<Step> {
 #[test]
 fn the_corpus_reads_whole_without_error() {
     for stream in corpus("-client.bin") {
-        let steps = read_client(&[stream.clone()]);
+        let steps = read_client(std::slice::from_ref(&stream));
         assert!(steps
             .iter()
             .any(|s| matches!(s, Step::Startup(StartupPacket::Startup(_)))));
@@ -130,7 +130,7 @@ fn the_corpus_reads_whole_without_error() {
         assert!(framed > 0 && framed < stream.len());
     }
     for stream in corpus("-server.bin") {
-        let steps = read_server(&[stream.clone()]);
+        let steps = read_server(std::slice::from_ref(&stream));
         let framed: usize = steps
             .iter()
             .map(|s| match s {
@@ -184,7 +184,7 @@ proptest! {
         stream in mutated("-client.bin"),
         cuts in proptest::collection::vec(any::<usize>(), 0..24),
     ) {
-        let whole = read_client(&[stream.clone()]);
+        let whole = read_client(std::slice::from_ref(&stream));
         let pieces = read_client(&chunks(&stream, &cuts));
         prop_assert_eq!(whole, pieces);
     }
@@ -194,7 +194,7 @@ proptest! {
         stream in mutated("-server.bin"),
         cuts in proptest::collection::vec(any::<usize>(), 0..24),
     ) {
-        let whole = read_server(&[stream.clone()]);
+        let whole = read_server(std::slice::from_ref(&stream));
         let pieces = read_server(&chunks(&stream, &cuts));
         prop_assert_eq!(whole, pieces);
     }
