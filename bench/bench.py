@@ -67,10 +67,14 @@ PGTENANT_BIN = os.environ["PGTENANT_BIN"]
 LOAD_BIN = os.environ["LOAD_BIN"]
 
 IS_ROOT = os.geteuid() == 0
-TARGETS = ["direct", "pgtenant", "pgbouncer"]
+TARGETS = [t.strip() for t in (os.environ.get("BENCH_TARGETS") or "direct,pgtenant,pgbouncer").split(",")
+           if t.strip()]
+# pgtenant's proxy.workers (unset: pgtenant's default).
+WORKERS = env_int("BENCH_WORKERS", 0)
 PROXIES = ["pgtenant", "pgbouncer"]
-# The many-tenants runs also put pgtenant with sharing off beside them.
-TENANT_TARGETS = ["pgtenant", "pgtenant-noshare", "pgbouncer"]
+# The many-tenants runs also put pgtenant with sharing off beside them, and with
+# sharing strictly first come, first served (pool.share_streak = 0).
+TENANT_TARGETS = ["pgtenant", "pgtenant-fifo", "pgtenant-noshare", "pgbouncer"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -188,7 +192,7 @@ class Cluster:
 listen_addresses = '127.0.0.1'
 port = {self.port}
 unix_socket_directories = '{self.dir}'
-max_connections = 400
+max_connections = 600
 shared_buffers = 128MB
 fsync = off
 """)
@@ -284,8 +288,10 @@ class Proxy:
         return self.proc.pid
 
 
-def pgtenant_proxy(base, pg_port, share=True):
+def pgtenant_proxy(base, pg_port, share=True, streak=None):
     name = "pgtenant" if share else "pgtenant-noshare"
+    if streak is not None:
+        name = "pgtenant-fifo" if streak == 0 else f"pgtenant-streak{streak}"
     d = owned_dir(os.path.join(base, name))
     port = free_port()
     lines = [
@@ -322,10 +328,11 @@ pool_mode = "transaction"
 tenant_from = ["database", "user_suffix"]
 auth = "trust"
 max_client_conn = {MAX_CLIENT_CONN}
-
+{f"workers = {WORKERS}" if WORKERS else ""}
 [pool]
 pool_size = {POOL}
 share_schema_tenants = {"true" if share else "false"}
+{"" if streak is None else f"share_streak = {streak}"}
 
 [registry]
 file = "{tenants}"
@@ -432,9 +439,10 @@ def pgbench_tests():
             tests.append({"id": f"select-{mode}-c{c}", "group": f"select-only, -M {mode}",
                           "clients": c,
                           "args": ["-S", "-M", mode, "-c", c, "-j", min(2, c), "-T", SECONDS]})
-    tests.append({"id": "tpcb-c16", "group": "TPC-B-like (default script), -M simple",
-                  "clients": 16, "args": ["-M", "simple", "-c", 16, "-j", 2, "-T", SECONDS],
-                  "before": "tpcb"})
+    for c in (16, 64):
+        tests.append({"id": f"tpcb-c{c}", "group": "TPC-B-like (default script), -M simple",
+                      "clients": c, "args": ["-M", "simple", "-c", c, "-j", 2, "-T", SECONDS],
+                      "before": "tpcb"})
     tests.append({"id": "connect-c16", "group": "new connection per transaction (-C -S), -M simple",
                   "clients": 16, "args": ["-C", "-S", "-M", "simple", "-c", 16, "-j", 2,
                                           "-T", SECONDS]})
@@ -477,6 +485,7 @@ class Bench:
         only = [s.strip() for s in os.environ.get("BENCH_ONLY", "").split(",") if s.strip()]
         if not only or "many" in only:
             self.proxies["pgtenant-noshare"] = pgtenant_proxy(self.base, self.cluster.port, share=False)
+            self.proxies["pgtenant-fifo"] = pgtenant_proxy(self.base, self.cluster.port, streak=0)
         self.proxies["pgbouncer"] = pgbouncer_proxy(self.base, self.cluster.port)
         for proxy in self.proxies.values():
             proxy.start()
@@ -513,12 +522,22 @@ class Bench:
                         # What pgbench does itself without -n, done directly for every target.
                         self.cluster.psql("bench", "VACUUM pgbench_branches;\nVACUUM pgbench_tellers;\n"
                                                    "TRUNCATE pgbench_history;\n")
+                    proxy = self.proxies.get(target)
+                    cpu_before = cpu_seconds(proxy.pid) if proxy else None
                     r = pgbench(self.port(target), test["args"], timeout=SECONDS + 120)
                     r.update({"test": test["id"], "group": test["group"],
                               "clients": test["clients"], "target": target, "round": rnd})
+                    if proxy and proxy.alive():
+                        # The proxy process's CPU (all threads, user + system) over the run,
+                        # connecting the clients included, per transaction.
+                        r["cpu_seconds"] = round(cpu_seconds(proxy.pid) - cpu_before, 3)
+                        if r.get("transactions"):
+                            r["cpu_us_per_txn"] = round(r["cpu_seconds"] / r["transactions"] * 1e6, 2)
                     self.results.add("pgbench", r)
                     shown = f"{r['tps']:.0f} tps, {r['latency_ms']} ms" if r["ok"] else \
                         f"FAILS: {r['error']}"
+                    if r["ok"] and r.get("cpu_us_per_txn") is not None:
+                        shown += f", proxy CPU {r['cpu_us_per_txn']:.1f} µs/txn"
                     log(f"round {rnd + 1}/{ROUNDS} {test['id']:<22} {target:<9} {shown}")
                     self.check_alive(f"pgbench {test['id']} on {target}")
                     time.sleep(0.5)
@@ -533,13 +552,14 @@ class Bench:
             who = ["--tenants", "single", "--clients-per-tenant", str(2 * TENANTS)]
         cmd = [LOAD_BIN, "tenants", "--host", "127.0.0.1", "--port", str(self.port(target)),
                "--seconds", str(SECONDS)] + who
-        opened = self.server_sessions()
+        opened, xacts = self.server_stats()
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=SECONDS + 300)
         except subprocess.TimeoutExpired:
             return {"ok": False, "error": "load tool timed out"}
         time.sleep(1.5)  # idle backends flush their statistics within a second
-        opens = self.server_sessions() - opened
+        opened_after, xacts_after = self.server_stats()
+        opens = opened_after - opened
         line = next((l for l in reversed(p.stdout.splitlines()) if l.startswith("{")), None)
         if p.returncode != 0 or line is None:
             return {"ok": False, "error": first_error_line(p.stdout, p.stderr, p.returncode)}
@@ -547,13 +567,22 @@ class Bench:
         r["ok"] = r["errors"] == 0
         r["error"] = r.get("first_error")
         r["server_opens"] = opens
+        # Each simple query is a transaction on the server, and so is each SET of a
+        # search_path on a shared server: transactions per query - 1 = SETs per query.
+        if r.get("queries"):
+            r["server_xacts_per_query"] = (xacts_after - xacts) / r["queries"]
         return r
 
-    def server_sessions(self):
-        """Server sessions ever opened on database `many` (pg_stat_database.sessions)."""
-        out = self.cluster.psql("postgres", "SELECT sessions FROM pg_stat_database WHERE datname = 'many';\n")
-        digits = [l.strip() for l in out.splitlines() if l.strip().isdigit()]
-        return int(digits[0]) if digits else 0
+    def server_stats(self):
+        """Server sessions ever opened on database `many`, and transactions ended there
+        (pg_stat_database.sessions, xact_commit + xact_rollback)."""
+        out = self.cluster.psql("postgres", "SELECT sessions || ' ' || (xact_commit + xact_rollback) "
+                                "FROM pg_stat_database WHERE datname = 'many';\n")
+        for line in out.splitlines():
+            words = line.split()
+            if len(words) == 2 and all(w.isdigit() for w in words):
+                return int(words[0]), int(words[1])
+        return 0, 0
 
     def run_tenants(self):
         scenarios = ("many", "single", "wide") if WIDE else ("many", "single")
@@ -770,7 +799,8 @@ def main():
                      "tenant_pool_size": TENANT_POOL, "clients": CLIENTS,
                      "idle_counts": IDLE_COUNTS, "cpu_transactions": (CPU_TXNS // 16) * 16,
                      "syscall_transactions": SYSCALL_TXNS, "pgbench_scale": SCALE,
-                     "max_connections": 400, "shared_buffers": "128MB", "fsync": "off",
+                     "proxy_workers": WORKERS or "default", "targets": TARGETS,
+                     "max_connections": 600, "shared_buffers": "128MB", "fsync": "off",
                      "quick": os.environ.get("QUICK", "0") == "1"},
     }
     results = Results(os.path.join(OUT, "raw.json"), meta)

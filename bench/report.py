@@ -106,13 +106,14 @@ def main():
         if r["test"] not in groups[r["group"]]:
             groups[r["group"]].append(r["test"])
     clients_of = {r["test"]: r["clients"] for r in raw["pgbench"]}
-    pgb = {t: {tg: summarize_runs(runs, ["tps", "latency_ms"]) for tg, runs in by.items()}
+    pgb = {t: {tg: summarize_runs(runs, ["tps", "latency_ms", "cpu_us_per_txn"]) for tg, runs in by.items()}
            for t, by in tests.items()}
 
     md = []
     md.append("# pgtenant benchmark results\n")
     md.append(f"Written by `bench/run.sh` ({meta.get('started')} – {meta.get('finished', 'unfinished')}). "
-              "See `bench/README.md` for what each figure means.\n")
+              "See `bench/README.md` for what each figure means; the per-statement work (TPC-B, extended "
+              "protocol, thread model, io_uring) is measured in `bench/RESULTS-per-statement.md`.\n")
     if st.get("quick"):
         md.append("> **Smoke run (QUICK=1)**: short runs, one round. The numbers show that "
                   "everything works, not how fast it is.\n")
@@ -150,14 +151,15 @@ def main():
     for r in raw["tenants"]:
         ten.setdefault(r["scenario"], {}).setdefault(r["target"], []).append(r)
     tsum = {sc: {tg: summarize_runs(runs, ["tps", "p50_ms", "p99_ms", "errors", "connect_seconds",
-                                           "server_opens"])
+                                           "server_opens", "server_xacts_per_query"])
                  for tg, runs in by.items()} for sc, by in ten.items()}
     # error counts are data here: take them from every run, not just clean ones
     for sc, by in ten.items():
         for tg, runs in by.items():
             tsum[sc][tg]["errors_total"] = sum(r.get("errors", 0) or 0 for r in runs)
             tsum[sc][tg]["has_numbers"] = any("tps" in r for r in runs)
-            for key in ("tps", "p50_ms", "p99_ms", "connect_seconds", "seconds", "server_opens"):
+            for key in ("tps", "p50_ms", "p99_ms", "connect_seconds", "seconds", "server_opens",
+                        "server_xacts_per_query"):
                 tsum[sc][tg][key + "_all"] = median([r.get(key) for r in runs])
     m = tsum.get("many", {})
     if m.get("pgtenant", {}).get("has_numbers") and m.get("pgbouncer", {}).get("has_numbers"):
@@ -264,6 +266,30 @@ def main():
               "PgBouncer tps (above 1: pgtenant is faster). tps cells show the median and, over "
               "several rounds, the lowest–highest round. Latency is pgbench's average.\n")
 
+    # ---- the per-statement table: the tests of the performance targets, side by side
+    key_tests = ["tpcb-c16", "tpcb-c64", "select-simple-c1", "select-simple-c64",
+                 "select-extended-c64", "select-prepared-c64"]
+    if any(k in pgb for k in key_tests):
+        md.append("## pgtenant ÷ PgBouncer, per test\n")
+        md.append("Medians over rounds. CPU/txn = the proxy process's user + system CPU over the run "
+                  "(all threads, from /proc/PID/stat) ÷ transactions.\n")
+        t = Table("test", "pgtenant tps", "pgtenant CPU µs/txn", "PgBouncer tps", "PgBouncer CPU µs/txn",
+                  "tps ÷", "CPU ÷")
+        for k in key_tests:
+            by = pgb.get(k)
+            if not by:
+                continue
+            pt, bo = by.get("pgtenant"), by.get("pgbouncer")
+            tps_r = fmt_ratio(pt["tps"], bo["tps"]) if usable(pt, "tps") and usable(bo, "tps") else "–"
+            cpu_r = fmt_ratio(pt["cpu_us_per_txn"], bo["cpu_us_per_txn"]) \
+                if usable(pt, "cpu_us_per_txn") and usable(bo, "cpu_us_per_txn") else "–"
+            t.add(k, cell_or_fail(pt, "tps", 0) if pt else "not run",
+                  fmt_num(pt["cpu_us_per_txn"], 1) if usable(pt, "cpu_us_per_txn") else "–",
+                  cell_or_fail(bo, "tps", 0) if bo else "not run",
+                  fmt_num(bo["cpu_us_per_txn"], 1) if usable(bo, "cpu_us_per_txn") else "–",
+                  tps_r, cpu_r)
+        md.append(t.render() + "\n")
+
     # ---- pgbench tables
     md.append("## pgbench\n")
     md.append("`pgbench -n -j 2` (one thread when 1 client) against database `bench` (scale 10). "
@@ -271,7 +297,8 @@ def main():
     summary_json = {}
     for group, test_ids in groups.items():
         md.append(f"### {group}\n")
-        t = Table("clients", "target", "tps", "latency ms", "ratio to direct", "pgtenant/pgbouncer")
+        t = Table("clients", "target", "tps", "latency ms", "proxy CPU µs/txn", "ratio to direct",
+                  "pgtenant/pgbouncer tps", "pgtenant/pgbouncer CPU")
         for tid in test_ids:
             by = pgb[tid]
             di = by.get("direct")
@@ -280,13 +307,18 @@ def main():
                 if s is None:
                     continue
                 rd = fmt_ratio(s["tps"], di["tps"]) if usable(s, "tps") and usable(di, "tps") else "–"
-                rp = "–"
+                rp, rc = "–", "–"
                 if tg == "pgtenant" and usable(s, "tps") and usable(by.get("pgbouncer"), "tps"):
                     rp = f"**{s['tps'] / by['pgbouncer']['tps']:.2f}**"
+                if tg == "pgtenant" and usable(s, "cpu_us_per_txn") and \
+                        usable(by.get("pgbouncer"), "cpu_us_per_txn"):
+                    rc = f"**{s['cpu_us_per_txn'] / by['pgbouncer']['cpu_us_per_txn']:.2f}**"
                 t.add(clients_of[tid], tg, cell_or_fail(s, "tps", 0, spread=True),
-                      fmt_num(s["latency_ms"], 3) if usable(s, "latency_ms") else "–", rd, rp)
-            summary_json[tid] = {tg: {k: by[tg][k] for k in ("tps", "latency_ms", "ok", "rounds",
-                                                             "rounds_ok", "error")}
+                      fmt_num(s["latency_ms"], 3) if usable(s, "latency_ms") else "–",
+                      fmt_num(s["cpu_us_per_txn"], 1) if usable(s, "cpu_us_per_txn") else "–",
+                      rd, rp, rc)
+            summary_json[tid] = {tg: {k: by[tg][k] for k in ("tps", "latency_ms", "cpu_us_per_txn", "ok",
+                                                             "rounds", "rounds_ok", "error")}
                                  for tg in by}
         md.append(t.render() + "\n")
         if "-M prepared" in group:
@@ -310,21 +342,24 @@ def main():
               f"{2 * st['tenants']} connections exceed PostgreSQL's max_connections. **wide**: "
               f"{st.get('wide_tenants', 0)} tenants × 1 client on the same budget. pgtenant shares server "
               "connections among the schema tenants of one database and role "
-              "(`pool.share_schema_tenants`, on by default); **pgtenant-noshare** is the same proxy with it "
+              "(`pool.share_schema_tenants`, on by default); **pgtenant-fifo** is sharing strictly first "
+              "come, first served (`pool.share_streak = 0`: a returning server never goes to a waiting "
+              "client of its own search_path ahead of the first in line, so nearly every transaction pays a "
+              "SET); **pgtenant-noshare** is the same proxy with sharing "
               "off (a server connection per tenant, search_path in its startup packet). *server opens*: "
               "server sessions PostgreSQL opened on `many` during the run (`pg_stat_database.sessions`), "
               "including the first ones.\n")
     t = Table("scenario", "target", "queries/s", "p50 ms", "p99 ms", "errors", "connect all (s)",
-              "window (s)", "server opens", "pgtenant/pgbouncer")
+              "window (s)", "server opens", "server xacts/query", "pgtenant/pgbouncer")
     for sc in ("many", "single", "wide"):
-        for tg in ("pgtenant", "pgtenant-noshare", "pgbouncer"):
+        for tg in ("pgtenant", "pgtenant-fifo", "pgtenant-noshare", "pgbouncer"):
             s = tsum.get(sc, {}).get(tg)
             if s is None:
                 continue
             if not s["has_numbers"]:
                 failed = [r for r in ten[sc][tg] if r.get("error")]
                 t.add(sc, tg, f"**fails**: {short(failed[0]['error']) if failed else '?'}", "–", "–",
-                      "–", "–", "–", "–", "–")
+                      "–", "–", "–", "–", "–", "–")
                 continue
             rp = "–"
             other = tsum.get(sc, {}).get("pgbouncer")
@@ -336,12 +371,14 @@ def main():
                 errs += f" (first: {short(first, 90)})"
             t.add(sc, tg, fmt_num(s["tps_all"]), fmt_num(s["p50_ms_all"], 2), fmt_num(s["p99_ms_all"], 2),
                   errs, fmt_num(s["connect_seconds_all"], 1), fmt_num(s["seconds_all"], 1),
-                  fmt_num(s["server_opens_all"]), rp)
+                  fmt_num(s["server_opens_all"]), fmt_num(s.get("server_xacts_per_query_all"), 2), rp)
     md.append(t.render() + "\n")
     md.append(f"queries/s = successful queries ÷ the window; the window is {st['seconds']} s plus however long "
               "the last query of any client took to finish (a client stuck waiting for a server connection "
               "stretches it). connect all = time until every client had connected (or failed to). errors "
               "counts failed connects and failed queries (a client whose connection was closed reconnects). "
+              "server xacts/query = transactions PostgreSQL ended in `many` during the run ÷ successful "
+              "queries: each query is one, and each SET of a search_path on a shared server is one more. "
               "Medians over rounds, error counts summed over rounds.\n")
 
     # ---- idle

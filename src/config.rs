@@ -218,6 +218,10 @@ pub struct PoolSettings {
     /// server connections; search_path follows each client. A tenant may opt out
     /// with `share = false` in the registry.
     pub share_schema_tenants: bool,
+    /// Shared servers: how many clients of the search_path a server already has it
+    /// may serve in a row ahead of the first in line (each saves a SET); 0: strictly
+    /// first come, first served.
+    pub share_streak: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -267,6 +271,7 @@ impl Default for PoolSettings {
             reset_query: "DISCARD ALL".into(),
             host_turn: Duration::from_millis(100),
             share_schema_tenants: true,
+            share_streak: 4,
         }
     }
 }

@@ -372,3 +372,45 @@ async fn a_tenant_at_its_cap_waits_while_others_are_served() {
     assert_eq!(err.code().unwrap().code(), "53300", "{}", describe(&err));
     holder.simple_query("COMMIT").await.unwrap();
 }
+
+/// Serves the clients queued in `waiting` (tenant, name), in that order, on a host of
+/// one server held by a client of t0 in a block; returns the order they were served in.
+async fn served_order(share_streak: u32, waiting: &[(&str, &str)]) -> Vec<String> {
+    let env = env(2, 1, 3, &format!("share_streak = {share_streak}"), "")
+        .start()
+        .await;
+    let holder = env.connect("app", "t0").await;
+    holder.simple_query("BEGIN").await.unwrap();
+    check_simple(&holder, "t0", "BEGIN").await;
+    let (done, mut served) = tokio::sync::mpsc::unbounded_channel();
+    let mut tasks = Vec::new();
+    for (tenant, name) in waiting {
+        let client = env.connect("app", tenant).await;
+        let (done, tenant, name) = (done.clone(), tenant.to_string(), name.to_string());
+        tasks.push(tokio::spawn(async move {
+            check_simple(&client, &tenant, "waiting").await;
+            done.send(name).unwrap();
+        }));
+        // Each client queues before the next asks (the order is the point).
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    }
+    holder.simple_query("COMMIT").await.unwrap();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    drop(done);
+    let mut order = Vec::new();
+    while let Some(name) = served.recv().await {
+        order.push(name);
+    }
+    order
+}
+
+/// A returning server goes to a waiting client of the search_path it has, ahead of
+/// the first in line, at most `share_streak` times in a row; with 0, strictly in order.
+#[tokio::test]
+async fn a_server_serves_its_own_path_first_for_a_bounded_streak() {
+    let waiting = [("t1", "b"), ("t0", "a1"), ("t0", "a2")];
+    assert_eq!(served_order(1, &waiting).await, ["a1", "b", "a2"]);
+    assert_eq!(served_order(0, &waiting).await, ["b", "a1", "a2"]);
+}

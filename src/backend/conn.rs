@@ -114,6 +114,9 @@ pub struct ServerConn {
     /// The search_path statement known to be in force (its transaction committed);
     /// `None`: the server's default, or not known.
     pub path: Option<Arc<str>>,
+    /// Shared: clients of the same search_path it was handed to in a row ahead of
+    /// the first in line (bounded by `pool.share_streak`).
+    pub streak: u32,
     pub created: Instant,
     /// When startup finished and the connection could serve its tenant: its host turn
     /// counts from here (opening one can take long on a busy server).
@@ -142,6 +145,7 @@ impl ServerConn {
             out_of_step: false,
             shared: false,
             path: None,
+            streak: 0,
             created: now,
             ready_at: now,
             last_used: now,

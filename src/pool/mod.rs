@@ -219,8 +219,8 @@ impl Pools {
                     break permit;
                 }
             }
-            if pool.is_shared() && handed.rx.is_none() {
-                handed.rx = Some(pool.idle.queue());
+            if let (Some(path), None) = (&pool.path, &handed.rx) {
+                handed.rx = Some(pool.idle.queue(path.clone()));
                 // One may have come back while we queued.
                 continue;
             }
@@ -340,7 +340,7 @@ impl Pools {
             .clone();
         let shared = path.as_ref().map(|path| {
             let set = self.shared.entry(target.clone()).or_default().clone();
-            (set, path.clone())
+            (set, path.clone(), self.settings.share_streak)
         });
         let new_pool = || {
             TenantPool::new(

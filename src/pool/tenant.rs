@@ -25,28 +25,61 @@ pub(super) struct IdleSet {
     /// comes back stays for them rather than being closed for another pool.
     pub(super) waiting: std::sync::atomic::AtomicUsize,
     /// Shared sets: clients waiting for a server, first come first served; a server
-    /// that comes back goes to the first of them rather than waking them all.
-    queue: Mutex<std::collections::VecDeque<tokio::sync::oneshot::Sender<Idle>>>,
+    /// that comes back goes to the first of them rather than waking them all (or,
+    /// for a bounded streak, to the first of its own tenant: `hand_over`).
+    queue: Mutex<std::collections::VecDeque<Waiter>>,
+}
+
+/// A client waiting in a shared set's queue, and the search_path its tenant wants.
+struct Waiter {
+    path: Arc<str>,
+    tx: tokio::sync::oneshot::Sender<Idle>,
 }
 
 impl IdleSet {
-    /// Queues for the next server that comes back.
-    pub(super) fn queue(&self) -> tokio::sync::oneshot::Receiver<Idle> {
+    /// Queues for the next server that comes back, for a client whose tenant's
+    /// search_path statement is `path`.
+    pub(super) fn queue(&self, path: Arc<str>) -> tokio::sync::oneshot::Receiver<Idle> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.queue.lock().unwrap().push_back(tx);
+        self.queue.lock().unwrap().push_back(Waiter { path, tx });
         rx
     }
 
-    /// Hands `idle` to the first client still waiting; gives it back if none is.
-    fn hand_over(&self, mut idle: Idle) -> Option<Idle> {
+    /// Hands `idle` to a client still waiting; gives it back if none is. The first
+    /// in line gets it, unless a client further back wants the search_path the server
+    /// already has and the server has not yet served `streak` such clients in a row:
+    /// that client saves a SET, which costs the server about as much as a primary-key
+    /// SELECT. The streak bounds how long the first in line can be passed over.
+    fn hand_over(&self, mut idle: Idle, streak: u32) -> Option<Idle> {
         let mut queue = self.queue.lock().unwrap();
-        while let Some(waiter) = queue.pop_front() {
-            match waiter.send(idle) {
+        loop {
+            while queue.front().is_some_and(|w| w.tx.is_closed()) {
+                queue.pop_front();
+            }
+            let same_path = match (&idle.conn.path, idle.conn.streak < streak) {
+                (Some(path), true) => queue
+                    .iter()
+                    .position(|w| !w.tx.is_closed() && same(&w.path, path)),
+                _ => None,
+            };
+            let waiter = match same_path {
+                Some(0) | None => {
+                    idle.conn.streak = 0;
+                    match queue.pop_front() {
+                        Some(first) => first,
+                        None => return Some(idle),
+                    }
+                }
+                Some(at) => {
+                    idle.conn.streak += 1;
+                    queue.remove(at).expect("found above")
+                }
+            };
+            match waiter.tx.send(idle) {
                 Ok(()) => return None,
                 Err(refused) => idle = refused,
             }
         }
-        Some(idle)
     }
 
     pub(super) fn len(&self) -> usize {
@@ -81,6 +114,10 @@ impl IdleSet {
     }
 }
 
+fn same(a: &Arc<str>, b: &Arc<str>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
+}
+
 /// An idle connection and the host-budget permit it holds while open.
 pub(super) struct Idle {
     pub(super) conn: Box<ServerConn>,
@@ -103,6 +140,9 @@ pub(super) struct TenantPool {
     pub(super) idle: Arc<IdleSet>,
     /// Shared: the statement that sets the tenant's search_path on a server.
     pub(super) path: Option<Arc<str>>,
+    /// Shared: how many clients of one search_path a server may serve in a row ahead
+    /// of the first in line (`pool.share_streak`).
+    pub(super) streak: u32,
     pub(super) budget: Arc<HostBudget>,
     /// When a client last checked a connection out (or the pool was made).
     last_active: Mutex<Instant>,
@@ -129,13 +169,13 @@ impl TenantPool {
         (size, min_idle): (usize, usize),
         budget: Arc<HostBudget>,
         greeting: Arc<GreetingSlot>,
-        shared: Option<(Arc<IdleSet>, Arc<str>)>,
+        shared: Option<(Arc<IdleSet>, Arc<str>, u32)>,
         gate: Arc<super::gate::Gate>,
         stats: Arc<crate::metrics::TenantStats>,
     ) -> Arc<TenantPool> {
-        let (idle, path) = match shared {
-            Some((set, path)) => (set, Some(path)),
-            None => (Arc::default(), None),
+        let (idle, path, streak) = match shared {
+            Some((set, path, streak)) => (set, Some(path), streak),
+            None => (Arc::default(), None, 0),
         };
         Arc::new(TenantPool {
             tenant,
@@ -147,6 +187,7 @@ impl TenantPool {
             slots: Arc::new(Semaphore::new(size)),
             idle,
             path,
+            streak,
             budget,
             last_active: Mutex::new(Instant::now()),
             warming: std::sync::atomic::AtomicUsize::new(0),
@@ -235,7 +276,7 @@ impl TenantPool {
             since: Instant::now(),
         };
         if self.is_shared() {
-            match self.idle.hand_over(idle) {
+            match self.idle.hand_over(idle, self.streak) {
                 Some(back) => idle = back,
                 None => return,
             }

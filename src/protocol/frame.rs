@@ -89,7 +89,7 @@ pub fn missing_bytes(buf: &[u8], max: usize) -> usize {
 
 /// Reads a NUL-terminated string at the start of `buf`; returns it and the rest.
 pub fn read_cstr(buf: &[u8]) -> Option<(&[u8], &[u8])> {
-    let end = buf.iter().position(|&b| b == 0)?;
+    let end = memchr::memchr(0, buf)?;
     Some((&buf[..end], &buf[end + 1..]))
 }
 

@@ -121,41 +121,107 @@ const ADVISORY_LOCKS: &[&str] = &[
     "pg_try_advisory_lock_shared",
 ];
 
-/// Words one of which every query that matters contains, in any case: SET, RESET,
-/// set_config, DISCARD, DEALLOCATE, PREPARE, LISTEN, HOLD, TEMP, pg_temp, advisory
-/// locks, LOAD, DO, and `U&` (whose escapes could spell any of them). A query with
-/// none of them is plain without being lexed: the usual SELECT, INSERT or UPDATE
-/// costs one pass over its bytes and no allocation.
-const NEEDLES: &[&[u8]] = &[
-    b"set",
-    b"discard",
-    b"deallocate",
-    b"prepare",
-    b"listen",
-    b"hold",
-    b"temp",
-    b"advisory",
-    b"load",
-    b"do",
-    b"u&",
-];
-
-fn may_matter(sql: &[u8]) -> bool {
-    for (i, &c) in sql.iter().enumerate() {
-        let c = c.to_ascii_lowercase();
-        if !matches!(c, b's' | b'd' | b'p' | b'l' | b'h' | b't' | b'a' | b'u') {
+/// Whether a query may matter, read as words without lexing: the usual SELECT,
+/// INSERT or UPDATE costs one pass over its bytes and no allocation, and a query
+/// found plain here is plain to the full reading too (a property test checks it).
+///
+/// A word is a run of identifier bytes starting with a letter, `_` or a byte of a
+/// multibyte character, looked at wherever it stands (inside quotes and comments
+/// too, so nothing the lexer would read as a word is missed). The words that matter
+/// anywhere are in `word_matters`; SET matters where it can start a statement: at
+/// the start of the text or after a `;`, or anywhere once the text has had a comment
+/// opener (a comment may hide what precedes it). An UPDATE's SET clause is none of
+/// these. `U&` (whose escapes could spell anything) always matters.
+pub(super) fn may_matter(sql: &[u8]) -> bool {
+    let mut i = 0;
+    let mut saw_comment = false;
+    while i < sql.len() {
+        let c = sql[i];
+        if BYTE_CLASS[c as usize] != WORD_START {
+            match c {
+                b'-' | b'/' if sql.get(i + 1) == Some(&if c == b'-' { b'-' } else { b'*' }) => {
+                    saw_comment = true
+                }
+                b'&' if i > 0 && sql[i - 1].eq_ignore_ascii_case(&b'u') => return true,
+                _ => {}
+            }
+            i += 1;
             continue;
         }
-        let rest = &sql[i..];
-        if NEEDLES.iter().any(|needle| {
-            needle[0] == c
-                && rest.len() >= needle.len()
-                && rest[..needle.len()].eq_ignore_ascii_case(needle)
-        }) {
+        let begin = i;
+        while i < sql.len() && BYTE_CLASS[sql[i] as usize] != OTHER {
+            i += 1;
+        }
+        let word = &sql[begin..i];
+        if word_matters(word) {
+            return true;
+        }
+        if word.eq_ignore_ascii_case(b"set") && (saw_comment || starts_statement(&sql[..begin])) {
             return true;
         }
     }
     false
+}
+
+const OTHER: u8 = 0;
+/// Bytes that start an identifier, as PostgreSQL's scanner has them: letters, `_`,
+/// and every byte of a multibyte character.
+const WORD_START: u8 = 1;
+/// Bytes that may follow inside one: digits and `$` too.
+const WORD_REST: u8 = 2;
+
+const BYTE_CLASS: [u8; 256] = {
+    let mut table = [OTHER; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        table[c] = if b.is_ascii_alphabetic() || b == b'_' || b >= 0x80 {
+            WORD_START
+        } else if b.is_ascii_digit() || b == b'$' {
+            WORD_REST
+        } else {
+            OTHER
+        };
+        c += 1;
+    }
+    table
+};
+
+/// Whether a word may matter wherever it stands: RESET, DISCARD, DEALLOCATE,
+/// PREPARE, LISTEN, LOAD, DO, HOLD, TEMP, TEMPORARY, set_config, pg_temp…, and the
+/// session advisory lock functions (pg_advisory_lock…, pg_try_advisory_lock…).
+/// Looked up by first letter: most words are rejected at their first byte.
+fn word_matters(word: &[u8]) -> bool {
+    let is = |w: &[u8]| word.eq_ignore_ascii_case(w);
+    let starts = |w: &[u8]| word.len() >= w.len() && word[..w.len()].eq_ignore_ascii_case(w);
+    match word[0].to_ascii_lowercase() {
+        b'd' => is(b"do") || is(b"discard") || is(b"deallocate"),
+        b'h' => is(b"hold"),
+        b'l' => is(b"listen") || is(b"load"),
+        b'p' => {
+            is(b"prepare")
+                || starts(b"pg_temp")
+                || starts(b"pg_advisory")
+                || starts(b"pg_try_advisory")
+        }
+        b'r' => is(b"reset"),
+        b's' => is(b"set_config"),
+        b't' => is(b"temp") || is(b"temporary"),
+        _ => false,
+    }
+}
+
+/// Whether a word after `before` can begin a statement: only whitespace between it
+/// and the start of the text or a `;`.
+fn starts_statement(before: &[u8]) -> bool {
+    match before
+        .iter()
+        .rev()
+        .find(|c| !matches!(c, b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c'))
+    {
+        None | Some(b';') => true,
+        Some(_) => false,
+    }
 }
 
 /// Classifies a query (one or more statements). `standard_strings`: the session's
@@ -164,6 +230,11 @@ pub fn classify(sql: &[u8], standard_strings: bool) -> Classified {
     if !may_matter(sql) {
         return Classified::default();
     }
+    classify_lexed(sql, standard_strings)
+}
+
+/// The full reading, with the lexer, of a query that may matter.
+pub(super) fn classify_lexed(sql: &[u8], standard_strings: bool) -> Classified {
     let mut lexer = Lexer::new(sql, standard_strings);
     let first = classify_tokens(&mut lexer);
     if !lexer.saw_backslash || !standard_strings {
@@ -369,24 +440,37 @@ fn read_statement(tokens: &[Token<'_>]) -> Read {
 fn scan_calls_and_temp(tokens: &[Token<'_>]) -> Option<Pin> {
     let into_makes_tables = !tokens[0].is("insert") && !tokens[0].is("merge");
     for (i, token) in tokens.iter().enumerate() {
-        let name = match token.kind {
-            Kind::Word => token.text.to_ascii_lowercase(),
+        // Unquoted words are compared without folding them into a copy.
+        let quoted;
+        let (name, fold): (&[u8], bool) = match token.kind {
+            Kind::Word => (token.text, true),
             Kind::QuotedIdent => match identifier(token) {
-                Some(name) => name,
+                Some(name) => {
+                    quoted = name;
+                    (&quoted, false)
+                }
                 // U&"…": its escapes could name any function.
                 None => return Some(Pin::Unreadable),
             },
             _ => continue,
         };
-        if name == b"set_config" && tokens.get(i + 1).is_some_and(|t| t.is_punct(b'(')) {
+        let is = |k: &[u8]| match fold {
+            true => name.eq_ignore_ascii_case(k),
+            false => name == k,
+        };
+        let prefix = |k: &[u8]| match fold {
+            true => name.len() >= k.len() && name[..k.len()].eq_ignore_ascii_case(k),
+            false => name.starts_with(k),
+        };
+        if is(b"set_config") && tokens.get(i + 1).is_some_and(|t| t.is_punct(b'(')) {
             if !third_argument_is_true(&tokens[i + 2..]) {
                 return Some(Pin::SetConfig);
             }
-        } else if ADVISORY_LOCKS.iter().any(|f| f.as_bytes() == name) {
+        } else if ADVISORY_LOCKS.iter().any(|f| is(f.as_bytes())) {
             return Some(Pin::AdvisoryLock);
-        } else if name == b"pg_temp" || name.starts_with(b"pg_temp_") {
+        } else if is(b"pg_temp") || prefix(b"pg_temp_") {
             return Some(Pin::TempObject);
-        } else if token.kind == Kind::Word && (name == b"temp" || name == b"temporary") {
+        } else if token.kind == Kind::Word && (is(b"temp") || is(b"temporary")) {
             let before = i.checked_sub(1).map(|b| tokens[b]);
             let makes = before.is_some_and(|b| {
                 ["create", "replace", "global", "local"]

@@ -3,6 +3,7 @@
 
 use proptest::prelude::*;
 
+use super::classify::{classify_lexed, may_matter};
 use super::*;
 
 fn of(sql: &str) -> Classified {
@@ -39,7 +40,7 @@ fn session_features_pin() {
         ("select set_config('a.b', 'c')", Pin::SetConfig),
         ("DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$", Pin::Do),
         ("LOAD 'auto_explain'", Pin::Load),
-        ("select 'unterminated set", Pin::Unreadable),
+        ("set work_mem = 'unterminated", Pin::Unreadable),
         ("select set_config /* open", Pin::Unreadable),
         (
             "select U&\"\\0073et_config\"('a', 'b', false)",
@@ -214,11 +215,92 @@ fn backslashes_read_both_ways_or_pin() {
     assert_eq!(pin(r"select 'a\b'"), None);
 }
 
+/// The full reading finds nothing to follow and nothing to pin for, unless text it
+/// cannot close (which the server refuses whole, so nothing of it runs).
+fn plain_but_unterminated(sql: &[u8], standard: bool) -> bool {
+    let read = classify_lexed(sql, standard);
+    let pin_ok = matches!(read.pin, None | Some(Pin::Unreadable));
+    pin_ok
+        && read.settings.is_empty()
+        && read.effects.is_none()
+        && read.path_reset.is_none()
+        && !read.path_reset_before_more
+}
+
+#[test]
+fn the_prefilter_reads_words_not_substrings() {
+    for sql in [
+        // pgbench's TPC-B statements: an UPDATE's SET clause starts no statement.
+        "UPDATE pgbench_accounts SET abalance = abalance + 3 WHERE aid = 7;",
+        "update pgbench_tellers set tbalance = tbalance + 1 where tid = 2",
+        "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 2, 3, 4, CURRENT_TIMESTAMP);",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+        "BEGIN;",
+        "END;",
+        "select * from t order by random() offset 10 limit 5",
+        "select threshold, template, payload, pg_stat_reset() from t",
+        "select setof, settings, setval('s', 1) from t",
+    ] {
+        assert!(!may_matter(sql.as_bytes()), "{sql}");
+        assert!(classify_lexed(sql.as_bytes(), true).is_plain(), "{sql}");
+    }
+    for sql in [
+        "SET work_mem = '1MB'",
+        "  \n\tset work_mem = '1MB'",
+        "update t set a = 1; set work_mem = '1MB'",
+        "update t set a = 1;set work_mem = '1MB'",
+        "/* x */ SET work_mem = '1MB'",
+        "-- x\nSET work_mem = '1MB'",
+        "reset all",
+        "select set_config('a.b', 'c', false)",
+        "select pg_catalog.set_config('a.b', 'c', false)",
+        "select pg_advisory_lock(1)",
+        "create temp table t (x int)",
+        "create table pg_temp_3.t (x int)",
+        "select U&\"\\0073et_config\"('a', 'b', false)",
+        "DO $$ BEGIN END $$",
+        "discard all",
+    ] {
+        assert!(may_matter(sql.as_bytes()), "{sql}");
+    }
+}
+
 proptest! {
+    /// The prefilter never passes a query the full reading would not find plain.
+    #[test]
+    fn what_the_prefilter_passes_is_plain(
+        parts in proptest::collection::vec(
+            prop_oneof![
+                Just("SET "), Just("set"), Just("RESET "), Just("UPDATE t "), Just("x"),
+                Just("= "), Just("TO "), Just("'"), Just("E'"), Just("\\"), Just("$$"),
+                Just("$a$"), Just("\""), Just("U&"), Just("u"), Just("&"), Just("/*"), Just("*/"),
+                Just("--"), Just("\n"), Just("\t"), Just("\x0b"), Just(";"), Just("é"),
+                Just("set_config("), Just(","), Just("true"), Just(")"), Just("("),
+                Just("DEALLOCATE "), Just("DISCARD ALL"), Just("temp "), Just("create "),
+                Just("."), Just("-"), Just("1"), Just("$1"), Just("pg_temp"), Just("_"),
+                Just("pg_advisory_lock"), Just("do "), Just("listen "), Just("with hold "),
+                Just("declare "), Just("into "), Just("select "), Just(" "), Just("local "),
+                Just("search_path "), Just("default"), Just("role "), Just("prepare "),
+            ],
+            0..24,
+        )
+    ) {
+        let sql = parts.concat();
+        for standard in [true, false] {
+            if !may_matter(sql.as_bytes()) {
+                prop_assert!(plain_but_unterminated(sql.as_bytes(), standard), "{:?}", sql);
+            }
+        }
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
         let _ = classify(&bytes, true);
         let _ = classify(&bytes, false);
+        if !may_matter(&bytes) {
+            prop_assert!(plain_but_unterminated(&bytes, true));
+            prop_assert!(plain_but_unterminated(&bytes, false));
+        }
     }
 
     #[test]

@@ -1050,3 +1050,7 @@ mod tests;
 #[cfg(test)]
 #[path = "queue_fuzz.rs"]
 mod fuzz;
+
+#[cfg(test)]
+#[path = "hotpath_tests.rs"]
+mod hotpath_tests;

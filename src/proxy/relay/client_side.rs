@@ -248,7 +248,9 @@ fn path_reset_refusal() -> bytes::Bytes {
 /// The SQL text of a Query or Parse body (empty for other messages).
 fn parsed_sql(tag: u8, body: &[u8]) -> &[u8] {
     match tag {
-        b'Q' => read_cstr(body).map(|(sql, _)| sql).unwrap_or(body),
+        // The server refuses a Query with anything after its text's NUL, so the text
+        // is the body without its last byte: no search for the NUL.
+        b'Q' => body.strip_suffix(&[0]).unwrap_or(body),
         b'P' => read_cstr(body)
             .and_then(|(_, rest)| read_cstr(rest))
             .map(|(sql, _)| sql)

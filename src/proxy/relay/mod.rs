@@ -345,7 +345,10 @@ impl<'a> Session<'a> {
         if conn.path.as_deref() == Some(&*wanted) {
             return false;
         }
-        self.to_server.push(path_query(&wanted, true));
+        // The server carries this client's settings (`sync_params`): a statement_timeout
+        // of its own could cancel the SET, so it is lifted for it.
+        let timeout = self.settings.iter().any(|(n, _)| n == "statement_timeout");
+        self.to_server.push(path_query(&wanted, timeout));
         self.txn.set_path(wanted, PathSet::Attach);
         true
     }
@@ -446,11 +449,12 @@ impl<'a> Session<'a> {
     }
 }
 
-/// The query that sets search_path. `own_transaction`: it runs alone (attaching an
-/// idle server), so a client's statement_timeout is lifted for it: a timeout there
-/// would leave the server on another path.
-fn path_query(statement: &str, own_transaction: bool) -> bytes::Bytes {
-    let sql = match own_transaction {
+/// The query that sets search_path. `lift_timeout`: it runs alone (attaching an
+/// idle server) for a client with a statement_timeout, which is lifted for it: a
+/// timeout there would cost the client its server. Without one it is a statement
+/// less, and each statement costs the server about as much as a primary-key SELECT.
+fn path_query(statement: &str, lift_timeout: bool) -> bytes::Bytes {
+    let sql = match lift_timeout {
         true => format!("SET LOCAL statement_timeout = 0; {statement}"),
         false => statement.to_string(),
     };
