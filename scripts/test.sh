@@ -10,6 +10,10 @@
 #                                          (a name filter cannot go with --all-targets:
 #                                          the bench binaries would get it too)
 #
+# The fuzz targets (proptest, in the unit tests: `cargo test --lib fuzz`) run
+# PGTENANT_FUZZ_CASES cases each (default 2,000, under a minute for all of them);
+# raise it for a longer hunt, e.g. PGTENANT_FUZZ_CASES=100000 cargo test --lib fuzz.
+#
 # Needs Rust (cargo). PostgreSQL server binaries (initdb, pg_ctl, postgres), psql and
 # pgbench are installed with apt-get when missing (Debian/Ubuntu); set PG_BIN to use
 # a PostgreSQL installation of your own.
@@ -26,7 +30,7 @@ while [ $# -gt 0 ]; do
             break
             ;;
         -h | --help)
-            sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)

@@ -10,6 +10,8 @@ pub mod backend;
 pub mod check;
 pub mod cli;
 pub mod config;
+#[cfg(test)]
+mod fuzz;
 pub mod manage;
 pub mod metrics;
 pub mod moves;

@@ -12,6 +12,18 @@ pub enum FrameError {
     TooShort(u32),
     #[error("message of {len} bytes exceeds the limit of {max} bytes")]
     TooLong { len: usize, max: usize },
+    #[error("invalid frontend message type {0}")]
+    UnknownType(u8),
+}
+
+/// Whether `tag` is a message a client may send once its session has started (as
+/// PostgreSQL's PostgresMain accepts them). Anything else is refused by the proxy,
+/// not passed to a server connection that others will use after it.
+pub fn is_frontend_message(tag: u8) -> bool {
+    matches!(
+        tag,
+        b'Q' | b'P' | b'B' | b'E' | b'D' | b'C' | b'H' | b'S' | b'F' | b'X' | b'd' | b'c' | b'f'
+    )
 }
 
 /// One whole message: header and body in one shared buffer, never copied.

@@ -4,6 +4,8 @@
 //! reserved for it.
 
 pub mod frame;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod messages;
 pub mod sqlstate;
 pub mod startup;

@@ -40,8 +40,10 @@ impl End {
                 sqlstate::CONNECTION_FAILURE,
                 "the server connection closed unexpectedly",
             )),
+            // The client did nothing wrong: its server connection failed (08006), as
+            // libpq reports a server's broken message.
             End::ServerProtocol(e) => Some(Refusal::new(
-                sqlstate::PROTOCOL_VIOLATION,
+                sqlstate::CONNECTION_FAILURE,
                 format!("invalid message from server: {e}"),
             )),
             End::ClientProtocol(e) => Some(e.into()),

@@ -92,11 +92,16 @@ impl<'a> Lexer<'a> {
                     }
                 }
                 (Some(b'/'), Some(b'*')) => {
+                    let opened = self.at;
                     self.at += 2;
                     let mut depth = 1usize;
                     while depth > 0 {
                         match (self.peek(0), self.peek(1)) {
-                            (None, _) => return false,
+                            // The unterminated token is the comment, not nothing.
+                            (None, _) => {
+                                self.at = opened;
+                                return false;
+                            }
                             (Some(b'*'), Some(b'/')) => {
                                 depth -= 1;
                                 self.at += 2;
@@ -287,6 +292,22 @@ mod tests {
         Lexer::new(sql.as_bytes(), true)
             .map(|t| (t.kind, String::from_utf8_lossy(t.text).into_owned()))
             .collect()
+    }
+
+    #[test]
+    fn an_unterminated_comment_is_the_unterminated_token() {
+        // Found by the fuzz target: it was an empty token after the comment.
+        assert_eq!(kinds("/*"), [(Kind::Unterminated, "/*".to_string())]);
+        assert_eq!(
+            kinds("SET a = 1 /* x /* y */"),
+            [
+                (Kind::Word, "SET".to_string()),
+                (Kind::Word, "a".to_string()),
+                (Kind::Op, "=".to_string()),
+                (Kind::Number, "1".to_string()),
+                (Kind::Unterminated, "/* x /* y */".to_string()),
+            ]
+        );
     }
 
     fn words(sql: &str) -> Vec<String> {

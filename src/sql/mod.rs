@@ -3,6 +3,8 @@
 //! `protocol`; nothing here knows about sockets or pools.
 
 mod classify;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod lexer;
 mod set;
 #[cfg(test)]

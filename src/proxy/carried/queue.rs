@@ -185,6 +185,9 @@ pub struct Txn {
     retried: Option<Box<Retried>>,
     /// A DEALLOCATE ALL / DISCARD ALL may be in flight (until the queue empties).
     drop_all_in_flight: bool,
+    /// The server failed a request before the client's Sync was sent: it ignores
+    /// everything up to that Sync, so the proxy neither answers nor prepares for it.
+    skipping: bool,
 }
 
 /// What a retry leaves for the relay to send.
@@ -324,6 +327,9 @@ impl Txn {
 
     /// Notes a client message forwarded unchanged.
     pub fn sent(&mut self, tag: u8) {
+        if tag == b'S' {
+            self.skipping = false;
+        }
         if tag == b'S' && self.copy != CopyIn::ServerIn {
             // After the Sync that ends a batch with a reset, the path is restored.
             if let Some(reset) = self.restore_at_sync.take() {
@@ -456,7 +462,7 @@ impl Txn {
         let Some([Effect::Deallocate(name)]) = read.effects.as_deref() else {
             return false;
         };
-        if read.pin.is_some() || !self.queue.is_empty() {
+        if read.pin.is_some() || !self.queue.is_empty() || self.skipping {
             return false;
         }
         let Some(statement) = self.statements.get(&name[..]).cloned() else {
@@ -517,6 +523,11 @@ impl Txn {
         if self.retry.as_ref().is_some_and(|r| !r.complete) {
             // The segment is no longer one that can simply be sent again.
             self.retry = None;
+        }
+        if self.skipping {
+            // The server ignores it: passed as it is, answered by nobody.
+            self.pass(tag, body, out);
+            return Ok(());
         }
         if tag != b'P' {
             self.rewrite_use(tag, body, server, out);
@@ -818,6 +829,8 @@ impl Txn {
                     *failed = true;
                 }
                 self.skip_to_sync(server);
+                // Nothing left to skip to: the client's Sync is still to come.
+                self.skipping = self.queue.is_empty();
             }
             b'G' => self.copy_in_started(),
             b'Z' => {
@@ -1033,6 +1046,10 @@ fn swallowed(swallow: bool) -> Verdict {
 #[cfg(test)]
 #[path = "queue_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "queue_fuzz.rs"]
+mod fuzz;
 
 #[cfg(test)]
 #[path = "hotpath_tests.rs"]

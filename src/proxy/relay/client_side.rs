@@ -6,7 +6,8 @@ use bytes::Buf;
 
 use super::Session;
 use crate::config::PoolMode;
-use crate::protocol::frame::{frame_len, read_cstr, HEADER_LEN};
+use crate::protocol::frame::{frame_len, is_frontend_message, read_cstr, HEADER_LEN};
+use crate::protocol::FrameError;
 use crate::proxy::carried::queue::Txn;
 use crate::proxy::end::End;
 use crate::sql::{self, classify};
@@ -34,6 +35,9 @@ impl Session<'_> {
                 continue;
             }
             let rest = &self.client_in[ready..];
+            if rest.len() >= HEADER_LEN && !is_frontend_message(rest[0]) {
+                return Err(End::ClientProtocol(FrameError::UnknownType(rest[0])));
+            }
             let len = match frame_len(rest, max).map_err(End::ClientProtocol)? {
                 Some(len) if rest.len() >= len => len,
                 Some(len) if len > bound && ready == 0 => {
