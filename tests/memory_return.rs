@@ -75,11 +75,9 @@ async fn rss_comes_back_after_ten_thousand_short_connections() {
     );
 }
 
-/// Fails today: RSS stays about 85 MiB above the baseline once the clients left
-/// (bounded: four bursts in a row end at the same level, so it is held, not
-/// leaked). Run it with `cargo test --test memory_return -- --ignored`.
+/// The pool's table of statements keys each by its text: the entries of statements
+/// no client holds are swept by the pools' upkeep, so their text goes with them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known: memory of large named statements is held after their clients leave"]
 async fn rss_comes_back_after_clients_held_large_statements() {
     let env = EnvBuilder::erp().start().await;
     let (proxy, baseline) = warmed_proxy(&env, 20).await;

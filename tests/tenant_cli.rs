@@ -275,3 +275,80 @@ async fn a_removed_tenant_does_not_fall_through_to_the_template() {
     .expect("the client of a removed tenant is refused");
     assert!(error.contains("3D000"), "{error}");
 }
+
+/// A registry with acme and globex on pg-a (a budget of one server connection) or
+/// globex on pg-b; transaction mode, no sharing.
+fn two_host_registry(globex_host: &str) -> String {
+    format!(
+        "[hosts.pg-a]\naddress = \"${{pg-a}}\"\nmax_connections = 1\n\
+         [hosts.pg-b]\naddress = \"${{pg-b}}\"\n\
+         [tenants.acme]\nhost = \"pg-a\"\ndatabase = \"erp\"\nsearch_path = [\"tenant_acme\"]\nbackend_user = \"app\"\n\
+         [tenants.globex]\nhost = \"{globex_host}\"\ndatabase = \"erp\"\nsearch_path = [\"tenant_globex\"]\nbackend_user = \"app\"\n"
+    )
+}
+
+/// A client waiting for room on a host when the registry moves its tenant elsewhere
+/// is served on the new host: the retired pool opens nothing to the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_waiting_when_its_tenant_moves_is_served_on_the_new_host() {
+    let env = EnvBuilder::new()
+        .host("pg-a")
+        .seed("postgres", ERP_ROLES)
+        .seed("erp", ERP_SCHEMAS)
+        .host("pg-b")
+        .seed("postgres", ERP_ROLES)
+        .seed("erp", ERP_SCHEMAS)
+        .registry(&two_host_registry("pg-a"))
+        .settings(
+            "[proxy]\npool_mode = \"transaction\"\n[pool]\nshare_schema_tenants = false\nhost_turn = \"10ms\"\n",
+        )
+        .start()
+        .await;
+    let port_of = |host: &str| -> i32 {
+        let address = env.host_address(host);
+        address.rsplit(':').next().unwrap().parse().unwrap()
+    };
+    let (port_a, port_b) = (port_of("pg-a"), port_of("pg-b"));
+
+    // acme holds pg-a's only server connection; globex's query waits for room there.
+    let holder = env.connect("app", "acme").await;
+    holder.simple_query("BEGIN").await.unwrap();
+    assert_eq!(
+        value(&holder, "SELECT inet_server_port()").await,
+        port_a.to_string()
+    );
+    let waiter = env.connect("app", "globex").await;
+    let waiting = tokio::spawn(async move {
+        let port: i32 = waiter
+            .query_one("SELECT inet_server_port()", &[])
+            .await
+            .map_err(|e| describe(&e))?
+            .get(0);
+        Ok::<i32, String>(port)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "globex should wait for room on pg-a"
+    );
+
+    // globex moves to pg-b; a new client of it lands there once the proxy reloaded.
+    env.write_registry(&two_host_registry("pg-b"));
+    // (A probe before the reload would itself wait for room on pg-a.)
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let moved = eventually(Duration::from_secs(20), || async {
+        let probe = env.try_connect("app", "globex").await.ok()?;
+        let port = value(&probe, "SELECT inet_server_port()").await;
+        (port == port_b.to_string()).then_some(())
+    })
+    .await;
+    assert!(moved.is_some(), "the proxy never served globex from pg-b");
+
+    // Room on pg-a: the waiting client must not take it to open a connection there.
+    holder.simple_query("COMMIT").await.unwrap();
+    let port = waiting.await.unwrap().expect("the waiting query");
+    assert_eq!(
+        port, port_b,
+        "the waiting client was served on the old host"
+    );
+}

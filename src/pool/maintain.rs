@@ -18,8 +18,10 @@ impl Pools {
         let mut someone_waits = false;
         // Shared sets keep what their most demanding active tenant keeps.
         let mut keep: HashMap<*const tenant::IdleSet, usize> = HashMap::new();
+        let mut swept = 0;
         for pool in self.pools.iter() {
             pool.reap(idle_timeout, max_lifetime);
+            swept += pool.statements.sweep();
             if pool.is_shared() {
                 let k = keep.entry(Arc::as_ptr(&pool.idle)).or_default();
                 *k = (*k).max(pool.keep(idle_timeout));
@@ -72,9 +74,15 @@ impl Pools {
         }
         // A pool someone still holds (a client checking out, a lent connection, a warming
         // task) stays, so a connection never comes back to a pool nobody can reach.
+        let pools = self.pools.len();
         self.pools.retain(|_, pool| {
             Arc::strong_count(pool) > 1 || !pool.is_empty() || pool.warm_deficit(idle_timeout) > 0
         });
+        // Statement texts (up to max_message_size each) went: their pages go back to
+        // the system now, not whenever the allocator is next busy.
+        if swept > 0 || self.pools.len() < pools {
+            crate::alloc::give_back_freed_memory();
+        }
         for set in self.shared.iter() {
             let keep = keep.get(&Arc::as_ptr(set.value())).copied().unwrap_or(0);
             set.reap(keep, idle_timeout, max_lifetime);

@@ -119,6 +119,23 @@ impl Statements {
         statement
     }
 
+    /// Drops the entries of statements nobody holds any more. Run by the pools'
+    /// upkeep, so the text of a large statement does not outlive its clients until
+    /// the table next grows. Returns the bytes of text dropped.
+    pub fn sweep(&self) -> usize {
+        let mut table = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut dropped = 0;
+        table.by_text.retain(|text, s| {
+            let live = s.strong_count() > 0;
+            dropped += if live { 0 } else { text.len() };
+            live
+        });
+        if dropped > 0 {
+            table.by_text.shrink_to_fit();
+        }
+        dropped
+    }
+
     /// Entries in the table, live or not yet swept.
     pub fn len(&self) -> usize {
         self.inner.lock().map(|t| t.by_text.len()).unwrap_or(0)
@@ -150,5 +167,16 @@ mod tests {
             drop(table.intern(format!("select {i}\0\0\0").as_bytes()));
         }
         assert!(table.len() <= FIRST_SWEEP + 1, "{} entries", table.len());
+    }
+
+    #[test]
+    fn a_sweep_drops_what_nobody_holds() {
+        let table = Statements::default();
+        let kept = table.intern(b"select 1\0\0\0");
+        drop(table.intern(b"select 2\0\0\0"));
+        assert_eq!(table.len(), 2, "kept until swept");
+        table.sweep();
+        assert_eq!(table.len(), 1);
+        assert!(Arc::ptr_eq(&kept, &table.intern(b"select 1\0\0\0")));
     }
 }
