@@ -455,7 +455,7 @@ impl<'a> Session<'a> {
 /// The query that sets search_path. `lift_timeout`: it runs alone (attaching an
 /// idle server) for a client with a statement_timeout, which is lifted for it: a
 /// timeout there would cost the client its server. Without one it is a statement
-/// less, and each statement costs the server about as much as a primary-key SELECT.
+/// less, and each costs the server about half a primary-key SELECT.
 fn path_query(statement: &str, lift_timeout: bool) -> bytes::Bytes {
     let sql = match lift_timeout {
         true => format!("SET LOCAL statement_timeout = 0; {statement}"),
