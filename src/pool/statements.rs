@@ -112,10 +112,12 @@ impl Statements {
             parse,
             note: Note::of_sql(sql),
         });
-        table.by_text.insert(
-            Bytes::copy_from_slice(text_and_types),
-            Arc::downgrade(&statement),
-        );
+        // The key is the text inside the Parse (not a copy of it): a large statement's
+        // text is held once.
+        let key = statement
+            .parse
+            .slice(statement.parse.len() - text_and_types.len()..);
+        table.by_text.insert(key, Arc::downgrade(&statement));
         statement
     }
 
@@ -167,6 +169,21 @@ mod tests {
             drop(table.intern(format!("select {i}\0\0\0").as_bytes()));
         }
         assert!(table.len() <= FIRST_SWEEP + 1, "{} entries", table.len());
+    }
+
+    #[test]
+    fn a_statement_text_is_held_once() {
+        let table = Statements::default();
+        let text = format!("select '{}'\0\0\0", "x".repeat(1 << 16));
+        let statement = table.intern(text.as_bytes());
+        let inner = table.inner.lock().unwrap();
+        let (key, _) = inner.by_text.iter().next().unwrap();
+        let parse = statement.parse.as_ptr_range();
+        assert!(
+            parse.contains(&key.as_ptr()),
+            "the key is a copy of the text"
+        );
+        assert_eq!(&key[..], text.as_bytes());
     }
 
     #[test]
