@@ -601,7 +601,11 @@ async fn a_cancel_through_the_other_instance_reaches_the_query() {
         .expect("the query was cancelled");
     assert_eq!(error.error().code, "57014", "{:?}", error.error());
 
-    // A wrong secret sent through the other instance cancels nothing.
+    // A wrong secret sent through the other instance cancels nothing. (The next query
+    // waits a moment first: PostgreSQL may apply a cancel signal that lands just after
+    // the query it was meant for ended to the next one, which would read as the
+    // wrong secret's doing on a loaded machine.)
+    tokio::time::sleep(Duration::from_millis(500)).await;
     raw.send(&query_message("SELECT pg_sleep(1), 'finished'"))
         .await;
     let mut body = key.body.clone();
