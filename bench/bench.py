@@ -46,6 +46,9 @@ SECONDS = env_int("BENCH_SECONDS", 10)
 ROUNDS = env_int("BENCH_ROUNDS", 3)
 POOL = env_int("BENCH_POOL_SIZE", 20)
 HOST_BUDGET = env_int("BENCH_HOST_BUDGET", 100)
+# Servers the shared set of the many-tenants database holds (pool.shared_pool_size):
+# as many as the single tenant's pool, so both sides run on the same server count.
+SHARED_POOL = env_int("BENCH_SHARED_POOL_SIZE", POOL)
 TENANTS = env_int("BENCH_TENANTS", 1000)
 # The wide run: this many tenants × 1 client (0 skips it).
 WIDE = env_int("BENCH_WIDE_TENANTS", 10000)
@@ -332,6 +335,7 @@ max_client_conn = {MAX_CLIENT_CONN}
 [pool]
 pool_size = {POOL}
 share_schema_tenants = {"true" if share else "false"}
+shared_pool_size = {SHARED_POOL}
 {"" if streak is None else f"share_streak = {streak}"}
 
 [registry]
@@ -795,7 +799,7 @@ def main():
         "pgbouncer_version": version([PGBOUNCER, "--version"]),
         "pgbench_version": version([PGBENCH, "--version"]),
         "settings": {"seconds": SECONDS, "rounds": ROUNDS, "pool_size": POOL,
-                     "host_budget": HOST_BUDGET, "tenants": TENANTS, "wide_tenants": WIDE,
+                     "host_budget": HOST_BUDGET, "shared_pool_size": SHARED_POOL, "tenants": TENANTS, "wide_tenants": WIDE,
                      "tenant_pool_size": TENANT_POOL, "clients": CLIENTS,
                      "idle_counts": IDLE_COUNTS, "cpu_transactions": (CPU_TXNS // 16) * 16,
                      "syscall_transactions": SYSCALL_TXNS, "pgbench_scale": SCALE,

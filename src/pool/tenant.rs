@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::budget::{BudgetPermit, HostBudget};
 use super::conn::close_later;
@@ -28,6 +28,9 @@ pub(super) struct IdleSet {
     /// that comes back goes to the first of them rather than waking them all (or,
     /// for a bounded streak, to the first of its own tenant: `hand_over`).
     queue: Mutex<std::collections::VecDeque<Waiter>>,
+    /// Shared sets: one permit per server the set may hold open at once
+    /// (`pool.shared_pool_size`); `None`: only the host's budget bounds it.
+    pub(super) room: Option<Arc<Semaphore>>,
 }
 
 /// A client waiting in a shared set's queue, and the search_path its tenant wants.
@@ -37,6 +40,24 @@ struct Waiter {
 }
 
 impl IdleSet {
+    /// A shared set that holds at most `servers` open at once (0: as many as the
+    /// host's budget allows).
+    pub(super) fn shared(servers: usize) -> IdleSet {
+        IdleSet {
+            room: (servers > 0).then(|| Arc::new(Semaphore::new(servers))),
+            ..IdleSet::default()
+        }
+    }
+
+    /// A place for one more server in this set, if it has room now (always, for a
+    /// set without its own bound).
+    pub(super) fn try_room(&self) -> Result<Option<OwnedSemaphorePermit>, ()> {
+        match &self.room {
+            None => Ok(None),
+            Some(room) => room.clone().try_acquire_owned().map(Some).map_err(|_| ()),
+        }
+    }
+
     /// Queues for the next server that comes back, for a client whose tenant's
     /// search_path statement is `path`.
     pub(super) fn queue(&self, path: Arc<str>) -> tokio::sync::oneshot::Receiver<Idle> {
