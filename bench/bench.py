@@ -157,6 +157,25 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def server_cpu_seconds(postmaster):
+    """CPU of a PostgreSQL cluster: the postmaster, its live children (the backends and
+    background processes) and the children it already reaped (cutime + cstime)."""
+    with open(f"/proc/{postmaster}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    total = sum(int(v) for v in fields[11:15]) / CLK_TCK
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == postmaster:
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
+
+
 class Results:
     """raw.json, rewritten after every measurement."""
 
@@ -557,10 +576,13 @@ class Bench:
         cmd = [LOAD_BIN, "tenants", "--host", "127.0.0.1", "--port", str(self.port(target)),
                "--seconds", str(SECONDS)] + who
         opened, xacts = self.server_stats()
+        proxy_pid, postmaster = self.proxies[target].pid, self.cluster.pid()
+        cpu = (cpu_seconds(proxy_pid), server_cpu_seconds(postmaster))
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=SECONDS + 300)
         except subprocess.TimeoutExpired:
             return {"ok": False, "error": "load tool timed out"}
+        cpu = (cpu_seconds(proxy_pid) - cpu[0], server_cpu_seconds(postmaster) - cpu[1])
         time.sleep(1.5)  # idle backends flush their statistics within a second
         opened_after, xacts_after = self.server_stats()
         opens = opened_after - opened
@@ -575,6 +597,10 @@ class Bench:
         # search_path on a shared server: transactions per query - 1 = SETs per query.
         if r.get("queries"):
             r["server_xacts_per_query"] = (xacts_after - xacts) / r["queries"]
+            # CPU time is what a loaded machine does not distort much: the proxy's and
+            # PostgreSQL's (every backend, opened or closed during the run) per query.
+            r["proxy_cpu_us_per_query"] = cpu[0] * 1e6 / r["queries"]
+            r["server_cpu_us_per_query"] = cpu[1] * 1e6 / r["queries"]
         return r
 
     def server_stats(self):
