@@ -458,6 +458,10 @@ async fn a_shared_set_holds_at_most_shared_pool_size_servers() {
         )
         .await
         .unwrap();
+    // Gone before the clients come back, so none is handed a server still dying.
+    while !server_pids(&bounded).await.is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let after = run_sleepers(&bounded, 8, 3).await;
     assert!(
         after.len() <= 2 && after.is_disjoint(&used),

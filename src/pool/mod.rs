@@ -13,6 +13,7 @@
 mod budget;
 mod conn;
 pub mod gate;
+mod line;
 mod maintain;
 pub mod report;
 pub mod statements;
