@@ -9,9 +9,10 @@
 //! (BEGIN; UPDATE; SELECT; COMMIT) with a pause between them, reconnecting when their
 //! session ends. Every `--fault-every` seconds a direct connection to PostgreSQL
 //! (`--server-port`) terminates every server connection of `--user`. With `--pid`,
-//! pgtenant's RSS and open descriptors are sampled every 10 s. Prints one JSON line:
-//! transactions, errors (by SQLSTATE), server connections terminated, reconnects and
-//! the samples.
+//! pgtenant's RSS and open descriptors, and the machine's load average, are sampled
+//! every 10 s. Prints one JSON line: transactions, errors (by SQLSTATE), server
+//! connections terminated, reconnects, sessions that ended between transactions (by
+//! what their connection heard: none is expected) and the samples.
 //!
 //! A transaction may fail only if its server connection was terminated under it, so
 //! the figure to read is `errors` against `terminated`: each terminated server
@@ -196,6 +197,14 @@ fn proc_sample(pid: u32) -> Option<(u64, usize)> {
     Some((rss, fds))
 }
 
+/// The machine's one-minute load average (the soak shares it with whatever else runs).
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
 /// Least-squares slope of RSS (KiB) over time (minutes).
 fn slope(samples: &[(f64, u64, usize)]) -> f64 {
     let n = samples.len() as f64;
@@ -268,6 +277,7 @@ async fn main() -> ExitCode {
     let mut next_sample = started;
     let (mut terminated, mut faults) = (0u64, 0u64);
     let mut samples = Vec::new();
+    let mut loads = Vec::new();
     while Instant::now() < end {
         let now = Instant::now();
         if now >= next_fault {
@@ -286,6 +296,7 @@ async fn main() -> ExitCode {
         if now >= next_sample {
             if let Some((rss, fds)) = o.pid.and_then(proc_sample) {
                 samples.push((started.elapsed().as_secs_f64() / 60.0, rss, fds));
+                loads.push(load_average());
             }
             next_sample += Duration::from_secs(10);
         }
@@ -311,7 +322,8 @@ async fn main() -> ExitCode {
     let json_errors: Vec<String> = errors.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
     let json_samples: Vec<String> = samples
         .iter()
-        .map(|(m, rss, fds)| format!("[{m:.2},{rss},{fds}]"))
+        .zip(&loads)
+        .map(|((m, rss, fds), load)| format!("[{m:.2},{rss},{fds},{load:.2}]"))
         .collect();
     let fmt = |s: Option<(u64, usize)>| match s {
         Some((rss, fds)) => format!("{{\"rss_kib\":{rss},\"fds\":{fds}}}"),

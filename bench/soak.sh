@@ -53,7 +53,7 @@ if [[ $hard == unlimited ]]; then ulimit -n 65536 || true; else ulimit -n "$hard
 (( $(ulimit -n) > 2 * CLIENTS + 500 )) || die "open files limit $(ulimit -n) is too low for $CLIENTS clients"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-DIR=$(mktemp -d /tmp/pgtenant-soak-XXXXXX)
+DIR=$(mktemp -d /tmp/soak-XXXXXX)
 chmod 755 "$DIR"
 as_pg() { if [[ $(id -u) == 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 [[ $(id -u) == 0 ]] && chown postgres "$DIR"

@@ -57,27 +57,33 @@ impl RestartWatch {
     /// `window` of being seen going down.
     fn worth_retrying(&self, address: &str, error: &BackendError, window: Duration) -> bool {
         let mut state = self.lock();
-        let restarting = match error {
+        let recently_down = state.last_down.is_some_and(|t| t.elapsed() < window);
+        let refused = match error {
             BackendError::Refused(fields) if fields.code == "57P03" => {
                 state.last_down = Some(Instant::now());
-                true
+                if !state.retrying {
+                    state.retrying = true;
+                    tracing::warn!(address, error = %error, "host is starting up or shutting down (57P03): connections there are tried again within each client's checkout time");
+                }
+                return true;
             }
-            BackendError::Connect { source, .. }
-                if source.kind() == std::io::ErrorKind::ConnectionRefused =>
-            {
-                state.last_down.is_some_and(|t| t.elapsed() < window)
+            BackendError::Connect { source, .. } => {
+                source.kind() == std::io::ErrorKind::ConnectionRefused
             }
-            BackendError::Io(_) => state.last_down.is_some_and(|t| t.elapsed() < window),
+            BackendError::Io(_) => true,
             _ => false,
         };
-        if restarting && !state.retrying {
+        if !refused {
+            return false;
+        }
+        if recently_down && !state.retrying {
             state.retrying = true;
-            tracing::warn!(address, error = %error, window = ?window, "host is restarting (its sessions ended by a shutdown, or it answered 57P03): connections there are tried again within each client's checkout time");
-        } else if !restarting && state.retrying {
+            tracing::warn!(address, error = %error, "host refuses connections after its sessions ended by a shutdown: taken as a restart, connections there are tried again within each client's checkout time (for up to pool.checkout_timeout after it went down)");
+        } else if !recently_down && state.retrying {
             state.retrying = false;
             tracing::warn!(address, error = %error, "host did not come back within pool.checkout_timeout of going down: refusing at once again");
         }
-        restarting
+        recently_down
     }
 
     fn back(&self, address: &str) {
