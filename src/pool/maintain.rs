@@ -43,9 +43,13 @@ impl Pools {
             }
             for _ in 0..pool.warm_deficit(idle_timeout) {
                 // Warming never waits for budget: it only uses what is free.
+                let Ok(room) = pool.idle.try_room() else {
+                    break;
+                };
                 let Some(budget) = pool.budget.try_acquire() else {
                     break;
                 };
+                let budget = budget.in_set(room);
                 let pool = pool.clone();
                 pool.warming.fetch_add(1, Ordering::Relaxed);
                 let pools = self.clone();
