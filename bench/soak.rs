@@ -9,9 +9,10 @@
 //! (BEGIN; UPDATE; SELECT; COMMIT) with a pause between them, reconnecting when their
 //! session ends. Every `--fault-every` seconds a direct connection to PostgreSQL
 //! (`--server-port`) terminates every server connection of `--user`. With `--pid`,
-//! pgtenant's RSS and open descriptors are sampled every 10 s. Prints one JSON line:
-//! transactions, errors (by SQLSTATE), server connections terminated, reconnects and
-//! the samples.
+//! pgtenant's RSS and open descriptors, and the machine's load average, are sampled
+//! every 10 s. Prints one JSON line: transactions, errors (by SQLSTATE), server
+//! connections terminated, reconnects, sessions that ended between transactions (by
+//! what their connection heard: none is expected) and the samples.
 //!
 //! A transaction may fail only if its server connection was terminated under it, so
 //! the figure to read is `errors` against `terminated`: each terminated server
@@ -88,6 +89,9 @@ struct Tally {
     committed: AtomicU64,
     reconnects: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
+    /// Sessions that ended between transactions (no query of the client's waiting),
+    /// by what their connection said: these are the proxy's, not the faults'.
+    idle_ends: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Tally {
@@ -97,15 +101,28 @@ impl Tally {
             .map_or_else(|| "no sqlstate".to_string(), |c| c.code().to_string());
         *self.errors.lock().unwrap().entry(code).or_default() += 1;
     }
+
+    fn idle_end(&self, why: String) {
+        *self.idle_ends.lock().unwrap().entry(why).or_default() += 1;
+    }
+}
+
+/// What a connection's end says: its SQLSTATE, or its text when it has none.
+fn end_reason(e: &tokio_postgres::Error) -> String {
+    match e.code() {
+        Some(code) => code.code().to_string(),
+        None => e.to_string(),
+    }
 }
 
 async fn client_loop(config: Config, n: usize, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
     let mut first = true;
     while !stop.load(Ordering::Relaxed) {
+        let (ended_tx, mut ended) = tokio::sync::oneshot::channel();
         let client = match config.connect(NoTls).await {
             Ok((client, connection)) => {
                 tokio::spawn(async move {
-                    let _ = connection.await;
+                    let _ = ended_tx.send(connection.await.err().map(|e| end_reason(&e)));
                 });
                 client
             }
@@ -136,8 +153,34 @@ async fn client_loop(config: Config, n: usize, stop: Arc<AtomicBool>, tally: Arc
             }
             // About one transaction per client per second.
             tokio::time::sleep(Duration::from_millis(800 + (n % 400) as u64)).await;
+            if client.is_closed() {
+                // Ended while this client asked nothing: say what its connection heard.
+                let why = match (&mut ended).await {
+                    Ok(Some(why)) => why,
+                    Ok(None) => "closed by the proxy without an error".to_string(),
+                    Err(_) => "unknown".to_string(),
+                };
+                tally.idle_end(why);
+            }
         }
     }
+}
+
+/// `s` as a JSON string.
+fn json_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 fn proc_sample(pid: u32) -> Option<(u64, usize)> {
@@ -152,6 +195,14 @@ fn proc_sample(pid: u32) -> Option<(u64, usize)> {
         .ok()?;
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
     Some((rss, fds))
+}
+
+/// The machine's one-minute load average (the soak shares it with whatever else runs).
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
 /// Least-squares slope of RSS (KiB) over time (minutes).
@@ -226,6 +277,7 @@ async fn main() -> ExitCode {
     let mut next_sample = started;
     let (mut terminated, mut faults) = (0u64, 0u64);
     let mut samples = Vec::new();
+    let mut loads = Vec::new();
     while Instant::now() < end {
         let now = Instant::now();
         if now >= next_fault {
@@ -244,6 +296,7 @@ async fn main() -> ExitCode {
         if now >= next_sample {
             if let Some((rss, fds)) = o.pid.and_then(proc_sample) {
                 samples.push((started.elapsed().as_secs_f64() / 60.0, rss, fds));
+                loads.push(load_average());
             }
             next_sample += Duration::from_secs(10);
         }
@@ -258,13 +311,19 @@ async fn main() -> ExitCode {
     let after = o.pid.and_then(proc_sample);
 
     let errors = tally.errors.lock().unwrap().clone();
+    let idle_ends = tally.idle_ends.lock().unwrap().clone();
+    let json_idle_ends: Vec<String> = idle_ends
+        .iter()
+        .map(|(k, v)| format!("{}:{v}", json_string(k)))
+        .collect();
     let error_total: u64 = errors.values().sum();
     // Samples after the clients connected (the first minute is the ramp).
     let steady: Vec<_> = samples.iter().copied().filter(|s| s.0 >= 1.0).collect();
     let json_errors: Vec<String> = errors.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
     let json_samples: Vec<String> = samples
         .iter()
-        .map(|(m, rss, fds)| format!("[{m:.2},{rss},{fds}]"))
+        .zip(&loads)
+        .map(|((m, rss, fds), load)| format!("[{m:.2},{rss},{fds},{load:.2}]"))
         .collect();
     let fmt = |s: Option<(u64, usize)>| match s {
         Some((rss, fds)) => format!("{{\"rss_kib\":{rss},\"fds\":{fds}}}"),
@@ -273,12 +332,13 @@ async fn main() -> ExitCode {
     println!(
         "{{\"clients\":{},\"minutes\":{},\"faults\":{faults},\"terminated\":{terminated},\
          \"committed\":{},\"errors\":{error_total},\"errors_by_code\":{{{}}},\"reconnects\":{},\
-         \"rss_slope_kib_per_min\":{:.1},\"before\":{},\"after\":{},\"samples\":[{}]}}",
+         \"ended_between_transactions\":{{{}}},\"rss_slope_kib_per_min\":{:.1},\"before\":{},\"after\":{},\"samples\":[{}]}}",
         o.clients,
         o.minutes,
         tally.committed.load(Ordering::Relaxed),
         json_errors.join(","),
         tally.reconnects.load(Ordering::Relaxed),
+        json_idle_ends.join(","),
         slope(&steady),
         fmt(before),
         fmt(after),

@@ -7,6 +7,7 @@
 #   SOAK_MINUTES=2 bench/soak.sh         # a short run
 #   SOAK_CLIENTS=1000 SOAK_POOL_SIZE=20 SOAK_FAULT_EVERY=30 bench/soak.sh
 #   SOAK_PROFILE=debug bench/soak.sh     # use target/debug/pgtenant (no release build)
+#   PGTENANT_BIN=... SOAK_BIN=... bench/soak.sh   # binaries already built (no build)
 #
 # Prints and appends to bench/RESULTS-soak.md: transactions committed, errors by
 # SQLSTATE against server connections terminated (each carried at most one client
@@ -33,13 +34,17 @@ case $PROFILE in
     debug) profile_flag= ;;
     *) die "SOAK_PROFILE is release or debug" ;;
 esac
-say "building pgtenant and the soak driver (cargo build $profile_flag --bin pgtenant --bench soak)"
-built=$(cargo build $profile_flag --bin pgtenant --bench soak --message-format=json \
-    | python3 -c 'import json,sys
+if [[ -n ${PGTENANT_BIN:-} && -n ${SOAK_BIN:-} ]]; then
+    say "using $PGTENANT_BIN and $SOAK_BIN (no build)"
+else
+    say "building pgtenant and the soak driver (cargo build $profile_flag --bin pgtenant --bench soak)"
+    built=$(cargo build $profile_flag --bin pgtenant --bench soak --message-format=json \
+        | python3 -c 'import json,sys
 for m in map(json.loads, sys.stdin):
     if m.get("reason")=="compiler-artifact" and m.get("executable"): print(m["target"]["name"], m["executable"])')
-PGTENANT_BIN=$(awk '$1=="pgtenant"{print $2}' <<<"$built" | tail -n 1)
-SOAK_BIN=$(awk '$1=="soak"{print $2}' <<<"$built" | tail -n 1)
+    PGTENANT_BIN=$(awk '$1=="pgtenant"{print $2}' <<<"$built" | tail -n 1)
+    SOAK_BIN=$(awk '$1=="soak"{print $2}' <<<"$built" | tail -n 1)
+fi
 [[ -x $PGTENANT_BIN ]] || die "no pgtenant binary after the build"
 [[ -x $SOAK_BIN ]] || die "no soak driver after the build"
 
@@ -48,7 +53,7 @@ if [[ $hard == unlimited ]]; then ulimit -n 65536 || true; else ulimit -n "$hard
 (( $(ulimit -n) > 2 * CLIENTS + 500 )) || die "open files limit $(ulimit -n) is too low for $CLIENTS clients"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-DIR=$(mktemp -d /tmp/pgtenant-soak-XXXXXX)
+DIR=$(mktemp -d /tmp/soak-XXXXXX)
 chmod 755 "$DIR"
 as_pg() { if [[ $(id -u) == 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 [[ $(id -u) == 0 ]] && chown postgres "$DIR"

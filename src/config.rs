@@ -207,6 +207,8 @@ pub struct PoolSettings {
     pub max_client_statements: usize,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// How long a client waits for a server connection; also how long a host seen
+    /// going down counts as restarting (`pool::restart`).
     #[serde(with = "humantime_serde")]
     pub checkout_timeout: Duration,
     /// Transaction mode: how long a query of a connected client may wait for a server

@@ -1,12 +1,13 @@
-//! Faults against real clusters: server connections terminated in a transaction, a
-//! cluster restarted under write load, a host that accepts TCP and never answers, a
-//! registry file broken or removed under load, and a server that sends a malformed
-//! or oversized message (a small fault injector in this file that logs in and then
-//! misbehaves). Each test counts what clients saw; none asserts on a duration.
+//! Faults against real clusters: server connections terminated in a transaction or
+//! just after one, a host that accepts TCP and never answers, a registry file broken
+//! or removed under load, and a server that sends a malformed or oversized message (a
+//! small fault injector in this file that logs in and then misbehaves). Each test
+//! counts what clients saw; none asserts on a duration.
 //!
-//! Covered elsewhere: an idle server connection terminated and replaced unseen
-//! (tests/pooling.rs `a_server_that_died_while_idle_is_replaced_unnoticed`), a
-//! stopped or crashed host refused with 08001 (tests/core.rs
+//! Covered elsewhere: a cluster restarted (tests/restarts.rs), an idle server
+//! connection terminated and replaced unseen (tests/pooling.rs
+//! `a_server_that_died_while_idle_is_replaced_unnoticed`), a stopped or crashed host
+//! refused with 08001 (tests/core.rs
 //! `unreachable_hosts_are_reported_quickly_with_08001`), an invalid registry
 //! file refused whole (tests/core.rs
 //! `registry_reload_adds_tenants_and_keeps_the_last_good_snapshot`).
@@ -20,7 +21,6 @@ use std::time::Duration;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio_postgres::Client;
 
 /// The erp fixture in transaction mode; `proxy` and `pool`: more settings lines.
 fn txn_env(proxy: &str, pool: &str) -> EnvBuilder {
@@ -172,150 +172,154 @@ async fn a_server_terminated_in_a_transaction_fails_that_client_only() {
     let (answered, errors) = load.finish().await;
     assert!(errors.is_empty(), "other clients saw errors: {errors:?}");
     assert!(answered >= 40);
+    // The proxy closed that server without a CancelRequest: its process was gone, and
+    // PostgreSQL logs one for a process it does not know. (Looked for a while: it
+    // would come from a task closing the server in the background.)
+    let log = env.host(ERP_HOST).log_file();
+    let unknown = format!("PID {pid} in cancel request did not match any process");
+    let logged = eventually(Duration::from_secs(3), || async {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains(&unknown)
+            .then_some(())
+    })
+    .await;
+    assert!(logged.is_none(), "{unknown}");
 }
 
-/// Inserts rows in a loop (autocommit), remembering every id whose COMMIT was
-/// acknowledged; reconnects when its session ended.
-struct Writer {
-    acked: Vec<i64>,
-    after_restart: usize,
-    errors: Vec<String>,
-}
-
-async fn write_until(
-    addr: std::net::SocketAddr,
-    first_id: i64,
-    stop: Arc<AtomicBool>,
-    restarted: Arc<AtomicBool>,
-) -> Writer {
-    let config = config_for(addr, "app", Some("acme"));
-    let mut writer = Writer {
-        acked: Vec::new(),
-        after_restart: 0,
-        errors: Vec::new(),
-    };
-    let mut client: Option<Client> = None;
-    let mut id = first_id;
-    while !stop.load(Ordering::Relaxed) {
-        if client.as_ref().is_none_or(|c| c.is_closed()) {
-            match connect(&config).await {
-                Ok(c) => client = Some(c),
-                Err(e) => {
-                    writer.errors.push(code(&e));
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            }
+/// Whole messages at the front of `bytes` (tag and body); the rest is left there.
+fn take_messages(bytes: &mut Vec<u8>) -> Vec<Msg> {
+    let mut messages = Vec::new();
+    let mut at = 0;
+    while bytes.len() >= at + 5 {
+        let len = u32::from_be_bytes(bytes[at + 1..at + 5].try_into().unwrap()) as usize;
+        if bytes.len() < at + 1 + len {
+            break;
         }
-        let c = client.as_ref().unwrap();
-        id += 1;
-        match c.execute("INSERT INTO ledger VALUES ($1)", &[&id]).await {
-            Ok(_) => {
-                writer.acked.push(id);
-                if restarted.load(Ordering::Relaxed) {
-                    writer.after_restart += 1;
-                }
-            }
-            Err(e) => {
-                writer.errors.push(code(&e));
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+        messages.push(Msg {
+            tag: bytes[at],
+            body: bytes[at + 5..at + 1 + len].to_vec(),
+        });
+        at += 1 + len;
     }
-    writer
+    bytes.drain(..at);
+    messages
 }
 
-async fn ledger_rows(env: &Env) -> i64 {
-    let direct = env.direct(ERP_HOST, "erp").await;
-    direct
-        .query_one("SELECT count(*) FROM tenant_acme.ledger", &[])
-        .await
-        .unwrap()
-        .get::<_, i64>(0)
+/// Reads what the proxy sends `raw` until a ReadyForQuery has come; returns the
+/// messages up to it, leaving the rest in `bytes`.
+async fn read_through_ready(raw: &mut Raw, bytes: &mut Vec<u8>) -> Vec<Msg> {
+    let mut got = Vec::new();
+    loop {
+        for msg in take_messages(bytes) {
+            let done = msg.tag == b'Z';
+            got.push(msg);
+            if done {
+                return got;
+            }
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        let n = tokio::time::timeout(Duration::from_secs(30), raw.stream.read(&mut chunk))
+            .await
+            .expect("the proxy went quiet")
+            .unwrap_or(0);
+        assert!(n > 0, "closed before ReadyForQuery; got {got:?}");
+        bytes.extend_from_slice(&chunk[..n]);
+    }
 }
 
+/// A server terminated right after it answered a transaction, before the proxy had
+/// read that answer: its FATAL then arrives behind the ReadyForQuery that ends the
+/// transaction. It answers nothing the client asked, so the client is not told; its
+/// next transaction runs on another server. (Under load this is the common way a
+/// terminated server dies: it is idle for the server, still attached for the proxy.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cluster_restarted_under_write_load_keeps_every_acknowledged_commit() {
-    let mut env = txn_env("", "checkout_timeout = \"20s\"\nconnect_timeout = \"2s\"")
-        .seed(
-            "erp",
-            "CREATE TABLE tenant_acme.ledger (id bigint PRIMARY KEY); \
-             ALTER TABLE tenant_acme.ledger OWNER TO app;",
-        )
-        .start()
+async fn a_server_terminated_just_after_a_transaction_is_replaced_unseen() {
+    let env = txn_env("", "").start().await;
+    let load = Load::start(&env, OTHERS).await;
+    load.wait_for(20).await;
+
+    // A result far larger than what the sockets and the proxy hold: the client reads
+    // it slowly, so the proxy reads from the server only as fast as the client does.
+    const ROWS: usize = 16_000;
+    let mut victim = Raw::acme(env.addr()).await;
+    victim
+        .send(&query_message(&format!(
+            "SELECT repeat('x', 1000) AS filler FROM generate_series(1, {ROWS})"
+        )))
         .await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let restarted = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..8i64)
-        .map(|w| {
-            tokio::spawn(write_until(
-                env.addr(),
-                w * 1_000_000,
-                stop.clone(),
-                restarted.clone(),
-            ))
-        })
-        .collect();
-    let loaded = eventually(Duration::from_secs(60), || async {
-        (ledger_rows(&env).await >= 200).then_some(())
-    })
-    .await;
-    assert!(loaded.is_some(), "no write load");
-
-    tokio::task::block_in_place(|| {
-        let host = env.hosts.iter_mut().find(|h| h.name() == ERP_HOST).unwrap();
-        host.stop();
-        host.start_again().expect("cluster starts again");
-    });
-    restarted.store(true, Ordering::Relaxed);
-    let before = ledger_rows(&env).await;
-    let resumed = eventually(Duration::from_secs(60), || async {
-        (ledger_rows(&env).await >= before + 400).then_some(())
-    })
-    .await;
-    assert!(resumed.is_some(), "writes did not resume after the restart");
-    stop.store(true, Ordering::Relaxed);
-
-    let mut acked = Vec::new();
-    for (w, writer) in writers.into_iter().enumerate() {
-        let writer = writer.await.unwrap();
-        // Every writer is served again once the cluster is back.
-        assert!(
-            writer.after_restart > 0,
-            "writer {w} never resumed: {:?}",
-            writer.errors
-        );
-        for code in &writer.errors {
-            // The terminated sessions, the connection lost, or the host not yet back.
-            // tokio-postgres closes each statement it prepared unasked (Close, Sync):
-            // a FATAL that answers that goes unread, and the next query finds the
-            // connection closed (as it would talking to PostgreSQL directly).
-            assert!(
-                matches!(
-                    code.as_str(),
-                    "57P01" | "08006" | "08001" | "57P03" | "connection closed"
-                ),
-                "writer {w}: {code} ({:?})",
-                writer.errors
-            );
+    let direct = env.direct(ERP_HOST, "postgres").await;
+    let mut bytes = Vec::new();
+    // Once the server has sent it all and waits for the next query (its answer's
+    // end still unread by the proxy, held back by the client), it is terminated.
+    let pid = loop {
+        let row = direct
+            .query_opt(
+                "SELECT pid, state, wait_event FROM pg_stat_activity \
+                 WHERE query LIKE 'SELECT repeat(''x'', 1000) AS filler%'",
+                &[],
+            )
+            .await
+            .unwrap();
+        let Some(row) = row else {
+            // Not started yet.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        if row.get::<_, Option<&str>>(1) == Some("idle")
+            && row.get::<_, Option<&str>>(2) == Some("ClientRead")
+        {
+            break row.get::<_, i32>(0);
         }
-        acked.extend(writer.acked);
-    }
-    let direct = env.direct(ERP_HOST, "erp").await;
-    let present: std::collections::HashSet<i64> = direct
-        .query("SELECT id FROM tenant_acme.ledger", &[])
+        let mut chunk = [0u8; 16 * 1024];
+        let n = tokio::time::timeout(Duration::from_secs(30), victim.stream.read(&mut chunk))
+            .await
+            .expect("the proxy went quiet")
+            .unwrap();
+        assert!(n > 0, "the proxy closed the connection");
+        bytes.extend_from_slice(&chunk[..n]);
+    };
+    let killed: bool = direct
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
         .await
         .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let lost: Vec<_> = acked.iter().filter(|id| !present.contains(id)).collect();
+        .get(0);
+    assert!(killed);
+    let gone = eventually(Duration::from_secs(30), || async {
+        let n: i64 = direct
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+                &[&pid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (n == 0).then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "the server did not end");
+
+    // The whole answer, and after it nothing: the next query is answered.
+    let answer = read_through_ready(&mut victim, &mut bytes).await;
+    let rows = answer.iter().filter(|m| m.tag == b'D').count();
+    assert_eq!(rows, ROWS);
     assert!(
-        lost.is_empty(),
-        "{} acknowledged commits lost: {lost:?}",
-        lost.len()
+        answer.iter().all(|m| m.tag != b'E'),
+        "an error in the answer"
     );
-    assert!(acked.len() >= 600);
+    victim
+        .send(&query_message("SELECT 'still here', pg_backend_pid()"))
+        .await;
+    let next = read_through_ready(&mut victim, &mut bytes).await;
+    let tags: Vec<char> = next.iter().map(|m| m.tag as char).collect();
+    assert_eq!(tags, ['T', 'D', 'C', 'Z'], "{next:?}");
+    let row = next[1].data_row();
+    assert_eq!(row[0].as_deref(), Some("still here"));
+    assert_ne!(row[1].as_deref(), Some(pid.to_string().as_str()));
+
+    load.wait_for(20).await;
+    let (_, errors) = load.finish().await;
+    assert!(errors.is_empty(), "other clients saw errors: {errors:?}");
 }
 
 /// A TCP listener that accepts connections and never says a word.

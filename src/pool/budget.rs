@@ -16,6 +16,8 @@ pub(super) struct HostBudget {
     pub(super) max: usize,
     /// Server connections opened on this host, ever.
     pub(super) opens: std::sync::atomic::AtomicU64,
+    /// Whether the host is restarting (then a refused connect is tried again).
+    pub(super) restart: super::restart::RestartWatch,
     permits: Arc<Semaphore>,
     waiters: Mutex<VecDeque<oneshot::Sender<BudgetPermit>>>,
 }
@@ -54,6 +56,7 @@ impl HostBudget {
             turn,
             max,
             opens: Default::default(),
+            restart: Default::default(),
             permits: Arc::new(Semaphore::new(max)),
             waiters: Mutex::new(VecDeque::new()),
         })

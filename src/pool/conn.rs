@@ -5,7 +5,7 @@ use std::task::{Context, Waker};
 
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::budget::BudgetPermit;
+use super::budget::{BudgetPermit, HostBudget};
 
 use super::TenantPool;
 use crate::backend::ServerConn;
@@ -46,6 +46,12 @@ impl PooledConn {
         (self.pool.address.clone(), self.get().key)
     }
 
+    /// This server's session was ended by a shutdown (57P01/57P02): its host may be
+    /// restarting (`restart`).
+    pub fn host_going_down(&self) {
+        self.pool.budget.restart.seen_down();
+    }
+
     pub fn get(&self) -> &ServerConn {
         self.conn.as_ref().expect("present until released")
     }
@@ -56,6 +62,14 @@ impl PooledConn {
         if let (Some(mut conn), Some(budget)) = (self.conn.take(), self.budget.take()) {
             conn.last_used = std::time::Instant::now();
             self.pool.give_back(conn, budget);
+        }
+    }
+
+    /// Closes a connection whose server is ending its session itself: there is
+    /// nothing to cancel.
+    pub fn discard(mut self) {
+        if let (Some(conn), Some(budget)) = (self.conn.take(), self.budget.take()) {
+            close_later(conn, budget, None);
         }
     }
 
@@ -109,14 +123,31 @@ pub(super) fn close_later(conn: Box<ServerConn>, budget: BudgetPermit, cancel_at
 /// Whether an idle server connection is still usable: its socket has not been closed
 /// and it has not sent anything (an idle server only speaks to say it is going away).
 /// The reactor's readiness is asked first, so the common case costs no system call.
-pub(super) fn is_alive(conn: &ServerConn) -> bool {
+/// A server that ended its session for a shutdown marks its host as going down.
+pub(super) fn is_alive(conn: &ServerConn, host: &HostBudget) -> bool {
     let mut cx = Context::from_waker(Waker::noop());
     if conn.stream.poll_read_ready(&mut cx).is_pending() {
         return true;
     }
-    let mut probe = [0u8; 1];
-    match conn.stream.try_read(&mut probe) {
+    let mut said = [0u8; 256];
+    match conn.stream.try_read(&mut said) {
         Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
-        Ok(_) => false,
+        Ok(n) => {
+            if ends_for_shutdown(&said[..n]) {
+                host.restart.seen_down();
+            }
+            false
+        }
+    }
+}
+
+/// Whether what a server said unasked is an ErrorResponse for a shutdown (its first
+/// 256 bytes are enough: the code comes before the message).
+fn ends_for_shutdown(said: &[u8]) -> bool {
+    match said {
+        [b'E', _, _, _, _, body @ ..] => {
+            super::restart::is_shutdown_code(crate::protocol::messages::error_code(body))
+        }
+        _ => false,
     }
 }

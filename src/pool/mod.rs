@@ -16,6 +16,7 @@ pub mod gate;
 mod line;
 mod maintain;
 pub mod report;
+mod restart;
 pub mod statements;
 mod tenant;
 
@@ -28,6 +29,7 @@ use dashmap::DashMap;
 
 pub use conn::PooledConn;
 pub use maintain::run_maintenance;
+pub use restart::is_shutdown_code;
 
 use budget::HostBudget;
 use tenant::{IdleSet, TenantPool};
@@ -148,7 +150,7 @@ impl Pools {
         }
         let slot = pool.slots.clone().try_acquire_owned().ok()?;
         while let Some(idle) = pool.take_idle() {
-            if conn::is_alive(&idle.conn) {
+            if conn::is_alive(&idle.conn, &pool.budget) {
                 pool.stats.checkout_wait.observe(Duration::ZERO);
                 return Some(PooledConn::new(idle.conn, idle.budget, slot, pool.clone()));
             }
@@ -248,7 +250,7 @@ impl Pools {
             tokio::pin!(returned);
             returned.as_mut().enable();
             while let Some(idle) = pool.take_idle() {
-                if conn::is_alive(&idle.conn) {
+                if conn::is_alive(&idle.conn, &pool.budget) {
                     return Ok(PooledConn::new(idle.conn, idle.budget, slot, pool.clone()));
                 }
                 tracing::debug!(tenant = %pool.tenant, "dropping a server connection that died while idle");
@@ -265,7 +267,7 @@ impl Pools {
                     Err(_) => {
                         tokio::select! {
                             Some(idle) = handed.recv() => {
-                                if conn::is_alive(&idle.conn) {
+                                if conn::is_alive(&idle.conn, &pool.budget) {
                                     return Ok(PooledConn::new(idle.conn, idle.budget, slot, pool.clone()));
                                 }
                             }
@@ -317,7 +319,7 @@ impl Pools {
                 // One of our own connections came back.
                 _ = returned => {}
                 Some(idle) = handed.recv() => {
-                    if conn::is_alive(&idle.conn) {
+                    if conn::is_alive(&idle.conn, &pool.budget) {
                         return Ok(PooledConn::new(idle.conn, idle.budget, slot, pool.clone()));
                     }
                 }
@@ -325,10 +327,14 @@ impl Pools {
             }
         };
         // Boxed: opening is rare, and inline it would enlarge every client's state.
-        let mut conn = Box::pin(backend::connect(
+        // A host that is restarting is tried again until `deadline` (`restart`).
+        let mut conn = Box::pin(restart::connect(
             &pool.target,
+            &pool.budget.restart,
+            self.settings.checkout_timeout,
             self.settings.connect_timeout,
             self.max_message,
+            deadline,
         ))
         .await
         .map_err(|source| {

@@ -230,9 +230,11 @@ impl<'a> Session<'a> {
                         .conn();
                     let streaming = self.server_stream;
                     let before = conn.buf.len();
-                    if !read_some(&conn.stream, &mut conn.buf, max, streaming)
-                        .map_err(|_| End::ServerGone)?
-                    {
+                    if !matches!(
+                        read_some(&conn.stream, &mut conn.buf, max, streaming),
+                        Ok(true)
+                    ) {
+                        self.server_ended();
                         return Err(End::ServerGone);
                     }
                     self.seen.server_read(conn.buf.len() - before);
@@ -427,6 +429,15 @@ impl<'a> Session<'a> {
             self.to_client.flush_now(&self.client)?;
         }
         Ok(())
+    }
+
+    /// The server closed its end (or its socket failed): its session is over, so it
+    /// is closed without a CancelRequest for a process that no longer exists.
+    fn server_ended(&mut self) {
+        self.cancel.set_server(None);
+        if let Some(server) = self.server.take() {
+            server.discard();
+        }
     }
 
     /// After the client is gone: a server with nothing in flight goes back to the

@@ -7,9 +7,10 @@ use bytes::Buf;
 use super::Session;
 use crate::backend::CLIENT_PARAMETERS;
 use crate::config::PoolMode;
+use crate::pool::is_shutdown_code;
 use crate::protocol::frame::{frame_len, HEADER_LEN};
-use crate::protocol::messages::parse_parameter_status;
-use crate::proxy::carried::queue::{PathOutcome, Verdict};
+use crate::protocol::messages::{error_code, parse_parameter_status};
+use crate::proxy::carried::queue::{PathOutcome, Txn, Verdict};
 use crate::proxy::carried::settings::{follow_setting, set_setting};
 use crate::proxy::end::End;
 use crate::sql;
@@ -28,6 +29,7 @@ impl Session<'_> {
         let mut ready = 0;
         let mut idle = false;
         let mut path_settled = false;
+        let mut going_down = false;
         loop {
             if self.server_stream > 0 {
                 let n = self.server_stream.min(conn.buf.len());
@@ -40,6 +42,9 @@ impl Session<'_> {
                     break;
                 }
                 continue;
+            }
+            if release_when_idle && ends_unasked(conn, &self.txn, ready) {
+                break;
             }
             let rest = &conn.buf[ready..];
             let len = match frame_len(rest, max).map_err(End::ServerProtocol)? {
@@ -69,12 +74,11 @@ impl Session<'_> {
                     conn.status = rest.get(HEADER_LEN).copied().unwrap_or(b'I');
                     self.seen.ready(conn.status);
                 }
-                b'E' => self
-                    .seen
-                    .tenant()
-                    .error(crate::protocol::messages::error_code(
-                        &rest[HEADER_LEN..len],
-                    )),
+                b'E' => {
+                    let code = error_code(&rest[HEADER_LEN..len]);
+                    self.seen.tenant().error(code);
+                    going_down |= is_shutdown_code(code);
+                }
                 b'S' => {
                     if let Some((name, value)) = parse_parameter_status(&rest[HEADER_LEN..len]) {
                         if CLIENT_PARAMETERS.contains(&name) {
@@ -179,11 +183,42 @@ impl Session<'_> {
             let server = self.server.as_ref().expect("attached");
             self.cancel.set_server(Some(server.cancel_target()));
         }
+        let server = self.server.as_mut().expect("attached");
+        if going_down {
+            server.host_going_down();
+        }
         // Anything after the last ReadyForQuery (an async notice) keeps it attached.
-        let conn = self.server.as_mut().expect("attached").conn();
+        let conn = server.conn();
         if idle && conn.buf.is_empty() && self.to_server.is_empty() {
             self.detach();
+        } else if release_when_idle && ends_unasked(conn, &self.txn, 0) {
+            self.drop_ending_server();
         }
         Ok(())
     }
+
+    /// Transaction mode, between transactions: the server said it is ending its
+    /// session (terminated, shut down, timed out). That answers nothing the client
+    /// asked, so the client is not told: the server is closed and its next
+    /// transaction gets another.
+    fn drop_ending_server(&mut self) {
+        let Some(server) = self.server.take() else {
+            return;
+        };
+        self.seen.server(None);
+        self.cancel.set_server(None);
+        let said = server.get().buf.get(HEADER_LEN..).unwrap_or_default();
+        if is_shutdown_code(error_code(said)) {
+            server.host_going_down();
+        }
+        tracing::debug!(client = %self.id, tenant = %self.resolved.tenant.name, "the server connection ended its session between transactions; the client keeps its own");
+        server.discard();
+    }
+}
+
+/// Whether the server's next message, at `at` in its buffer, is an ErrorResponse that
+/// follows the last answer the client waited for: a server only says that as it ends
+/// its session.
+fn ends_unasked(conn: &crate::backend::ServerConn, txn: &Txn, at: usize) -> bool {
+    conn.buf.get(at) == Some(&b'E') && conn.status == b'I' && txn.is_idle()
 }
