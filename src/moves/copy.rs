@@ -355,6 +355,46 @@ impl Copy {
         Ok(without_meta_commands(&text))
     }
 
+    /// Takes over the replication a move cut short left: true when the subscription
+    /// (target), its slot and the publication (source) are all there; the
+    /// subscription is enabled again in case it was disabled. `target_made` is what
+    /// the record says the earlier move made on the target.
+    pub async fn reuse(&mut self, target_made: bool) -> Result<bool, String> {
+        let dst = match self.target.connect().await {
+            Ok(dst) => dst,
+            // No database on the target: nothing to take over.
+            Err(_) => return Ok(false),
+        };
+        let subscribed = dst
+            .query_opt(
+                "SELECT 1 FROM pg_subscription WHERE subname = $1",
+                &[&self.name],
+            )
+            .await
+            .map_err(sql)?
+            .is_some();
+        let published: i64 = self
+            .src
+            .query_one(
+                "SELECT (SELECT count(*) FROM pg_publication WHERE pubname = $1) \
+                 + (SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1)",
+                &[&self.name],
+            )
+            .await
+            .map_err(sql)?
+            .get(0);
+        if !subscribed || published != 2 {
+            return Ok(false);
+        }
+        dst.batch_execute(&format!("ALTER SUBSCRIPTION {} ENABLE", ident(&self.name)))
+            .await
+            .map_err(|e| format!("enabling the subscription on the target: {}", sql(e)))?;
+        self.dst = Some(dst);
+        self.created_schemas = target_made;
+        self.created_database = target_made && self.scope == Scope::Database;
+        Ok(true)
+    }
+
     /// The publication on the source and the subscription on the target.
     pub async fn start(&self) -> Result<(), String> {
         let what = match &self.scope {
