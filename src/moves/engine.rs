@@ -288,7 +288,10 @@ async fn steps(
         )
         .await?;
         or_abort(abort, c.check()).await?;
-        let resumed = match earlier.as_ref().and_then(|e| Some((e, e.replication.as_ref()?))) {
+        let resumed = match earlier
+            .as_ref()
+            .and_then(|e| Some((e, e.replication.as_ref()?)))
+        {
             Some((e, r)) => resume(app, &mut c, e, r, &mut notes).await?,
             None => false,
         };

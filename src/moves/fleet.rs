@@ -134,7 +134,12 @@ async fn read_acks(client: &Client, id: &str) -> Result<Vec<(String, Option<Stri
             &[&id],
         )
         .await
-        .map_err(|e| format!("reading pgtenant.move_acks: {}", crate::registry::rows::error_text(&e)))?;
+        .map_err(|e| {
+            format!(
+                "reading pgtenant.move_acks: {}",
+                crate::registry::rows::error_text(&e)
+            )
+        })?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
@@ -155,7 +160,9 @@ pub async fn tell_resume(app: &App, record: &super::MoveRecord) {
                 tracing::warn!(tenant = %record.tenant, "cannot tell the other instances to resume: {e}");
             }
         }
-        Err(e) => tracing::warn!(tenant = %record.tenant, "cannot tell the other instances to resume: {}", crate::registry::rows::error_text(&e)),
+        Err(e) => {
+            tracing::warn!(tenant = %record.tenant, "cannot tell the other instances to resume: {}", crate::registry::rows::error_text(&e))
+        }
     }
 }
 
@@ -173,7 +180,12 @@ pub struct Coordinator {
 
 impl Coordinator {
     /// For move `id` (the move record's).
-    pub async fn open(url: &str, me: String, tenant: &str, id: &str) -> Result<Coordinator, String> {
+    pub async fn open(
+        url: &str,
+        me: String,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Coordinator, String> {
         let (client, acks) = listen(url).await?;
         // Acknowledgements of long-gone moves are of no use.
         let _ = client
@@ -237,9 +249,8 @@ impl Coordinator {
         let deadline = Instant::now() + drain + ACK_GRACE;
         loop {
             let acks = self.acks_now().await?;
-            if let Some((instance, Some(error))) = acks
-                .iter()
-                .find(|(i, e)| e.is_some() && peers.contains(i))
+            if let Some((instance, Some(error))) =
+                acks.iter().find(|(i, e)| e.is_some() && peers.contains(i))
             {
                 return Err(format!(
                     "instance {instance} could not pause the tenant: {error}"
@@ -319,6 +330,8 @@ fn handle(
     paused: Arc<Mutex<HashMap<String, String>>>,
 ) {
     match message {
+        // This instance's own move pauses the tenant itself.
+        Message::Pause { tenant, .. } if app.moves.running(&tenant).is_some() => {}
         Message::Pause { tenant, id, to, .. } => {
             let (me, url) = (me.to_string(), url.to_string());
             paused.lock().unwrap().insert(tenant.clone(), id.clone());

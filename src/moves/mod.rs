@@ -82,12 +82,14 @@ enum Backend {
     /// The state file beside the registry file.
     File(PathBuf),
     /// `pgtenant.moves` in the registry database.
-    Database {
-        url: String,
-        /// An instance whose heartbeat is this old is gone.
-        stale: Duration,
-        client: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
-    },
+    Database(Box<Db>),
+}
+
+struct Db {
+    url: String,
+    /// An instance whose heartbeat is this old is gone.
+    stale: Duration,
+    client: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
 }
 
 /// The moves this instance runs or knows of (from the state file or the registry
@@ -104,11 +106,11 @@ impl Moves {
     pub fn load(registry: &RegistrySettings) -> Moves {
         let backend = match (&registry.file, &registry.url) {
             (Some(file), _) => Backend::File(state::path_beside(file)),
-            (None, Some(url)) => Backend::Database {
+            (None, Some(url)) => Backend::Database(Box::new(Db {
                 url: url.clone(),
                 stale: registry.heartbeat_interval * crate::registry::instances::STALE_AFTER,
                 client: tokio::sync::Mutex::new(None),
-            },
+            })),
             (None, None) => Backend::Memory,
         };
         let records = match &backend {
@@ -135,9 +137,10 @@ impl Moves {
         &self,
         f: impl AsyncFnOnce(&mut tokio_postgres::Client, Duration) -> Result<T, tokio_postgres::Error>,
     ) -> Option<Result<T, String>> {
-        let Backend::Database { url, stale, client } = &self.backend else {
+        let Backend::Database(db) = &self.backend else {
             return None;
         };
+        let Db { url, stale, client } = &**db;
         let mut client = client.lock().await;
         if client.as_ref().is_none_or(|c| c.is_closed()) {
             match crate::registry::migrate::connect(url).await {
@@ -157,7 +160,10 @@ impl Moves {
     /// Every recorded move, with whether it runs now (here, or in another live
     /// instance).
     pub async fn list(&self) -> Result<Vec<recorded::Found>, String> {
-        let listed = match self.with_db(async |c, stale| recorded::all(c, stale).await).await {
+        let listed = match self
+            .with_db(async |c, stale| recorded::all(c, stale).await)
+            .await
+        {
             Some(rows) => rows?,
             None => self
                 .local()
@@ -172,7 +178,10 @@ impl Moves {
             .into_iter()
             .map(|mut f| {
                 // This instance's own moves: fresher here than in the database.
-                if let Some(mine) = self.running(&f.record.tenant).and(self.local_record(&f.record.tenant)) {
+                if let Some(mine) = self
+                    .running(&f.record.tenant)
+                    .and(self.local_record(&f.record.tenant))
+                {
                     f.record = mine;
                     f.owner_alive = true;
                 }

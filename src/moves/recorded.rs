@@ -127,13 +127,11 @@ pub async fn one(
 
 fn found(row: &tokio_postgres::Row) -> Found {
     let number = |i: usize| row.get::<_, i64>(i).max(0) as u64;
-    let replication = row
-        .get::<_, Option<String>>(9)
-        .map(|name| Replication {
-            name,
-            database: row.get::<_, Option<String>>(10).unwrap_or_default(),
-            target_made: row.get(11),
-        });
+    let replication = row.get::<_, Option<String>>(9).map(|name| Replication {
+        name,
+        database: row.get::<_, Option<String>>(10).unwrap_or_default(),
+        target_made: row.get(11),
+    });
     let phase: String = row.get(6);
     Found {
         record: MoveRecord {
