@@ -1,8 +1,8 @@
 //! Tenant moves against real clusters: a schema tenant and a database tenant copied
 //! to another host under a transaction-mode write load (zero failed transactions,
 //! every committed row on the target, serial inserts after the move), an abort in
-//! the middle (the source serves with every row), a session-mode client told 57P01
-//! after move_timeout, and the CLI.
+//! the middle (the source serves with every row), a session-mode client and a
+//! transaction left open told 57P01 after move_timeout, and the CLI.
 
 mod common;
 
@@ -488,6 +488,37 @@ async fn a_session_client_is_told_to_reconnect_after_move_timeout() {
     let again = env.connect("app", "globex").await;
     let names = items(&again).await;
     assert!(names.iter().all(|n| n.ends_with("(pg-b)")), "{names:?}");
+
+    // A transaction-mode client whose transaction is still open at move_timeout is
+    // told the same, its transaction rolled back, and the move goes on.
+    let (mut open, _) = Raw::login(env.addr(), &[("user", "app"), ("database", "acme")]).await;
+    open.send(&query_message(
+        "BEGIN; UPDATE tenant_acme.items SET name = 'rolled back'",
+    ))
+    .await;
+    open.read_until_ready().await;
+    admin
+        .simple_query("MOVE acme TO pg-b")
+        .await
+        .unwrap_or_else(|e| panic!("MOVE acme with a transaction open: {}", describe(&e)));
+    open.timeout = Duration::from_secs(10);
+    let fatal = open.expect_fatal().await;
+    assert_eq!(fatal.code, "57P01", "{fatal:?}");
+    assert!(fatal.message.contains("moved to host pg-b"), "{fatal:?}");
+    assert_eq!(
+        port_seen(&env, "acme").await,
+        env.host("pg-b").port() as i32
+    );
+    let source = env.direct("pg-a", "erp").await;
+    let rolled_back: i64 = source
+        .query_one(
+            "SELECT count(*) FROM tenant_acme.items WHERE name = 'rolled back'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rolled_back, 0, "the open transaction was not committed");
 }
 
 /// `pgtenant tenant move` against the running proxy, with the settings file's
