@@ -5,8 +5,9 @@
 
 use std::sync::Arc;
 
-use super::copy::{self, Endpoint, Scope};
+use super::copy::{Endpoint, Scope};
 use super::phase::Replication;
+use super::teardown;
 use super::{fleet, MoveError, MoveRecord, Phase};
 use crate::app::App;
 use crate::registry::HostName;
@@ -102,12 +103,12 @@ pub async fn cleanup(
         return String::new();
     };
     let mut left = Vec::new();
-    if let Err(e) = copy::drop_replication(&source, &target, &r.name).await {
+    if let Err(e) = teardown::drop_replication(&source, &target, &r.name).await {
         left.push(format!("replication objects {}: {e}", r.name));
     } else if r.target_made {
         // Only what this move made: a schema or database that was there before the
         // move is never dropped.
-        if let Err(e) = copy::drop_copy(&target, &Scope::of(search_path)).await {
+        if let Err(e) = teardown::drop_copy(&target, &Scope::of(search_path)).await {
             left.push(format!("the partial copy on {}: {e}", record.to));
         }
     }
@@ -137,7 +138,7 @@ async fn finish_interrupted(app: &App, record: &MoveRecord) -> String {
                     Endpoint::new(&from, &r.database),
                     Endpoint::new(&to, &r.database),
                 ) {
-                    (Ok(s), Ok(t)) => match copy::drop_replication(&s, &t, &r.name).await {
+                    (Ok(s), Ok(t)) => match teardown::drop_replication(&s, &t, &r.name).await {
                         Ok(()) => "replication objects dropped".to_string(),
                         Err(e) => format!("could not drop the replication objects: {e}"),
                     },

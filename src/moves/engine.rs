@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use super::copy::{self, Copy, Endpoint, Scope};
 use super::fleet::{self, Coordinator};
 use super::phase::Replication;
+use super::teardown;
 use super::{MoveError, MoveRecord, MoveRequest, Phase, Running};
 use crate::app::App;
 use crate::registry::{HostName, TenantName};
@@ -400,12 +401,12 @@ async fn steps(
         notes.push(format!("{closed} session client(s) told to reconnect"));
     }
     if let (Some(c), Some(r)) = (&copy, &record.replication) {
-        match copy::drop_replication(&c.source, &c.target, &r.name).await {
+        match teardown::drop_replication(&c.source, &c.target, &r.name).await {
             Ok(()) => notes.push("replication objects dropped".into()),
             Err(e) => notes.push(format!("could not drop the replication objects: {e}")),
         }
         if request.drop_source {
-            match copy::drop_copy(&c.source, &plan.scope).await {
+            match teardown::drop_copy(&c.source, &plan.scope).await {
                 Ok(()) => notes.push(format!("source copy on {} dropped", record.from)),
                 Err(e) => notes.push(format!("could not drop the source copy: {e}")),
             }

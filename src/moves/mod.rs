@@ -18,6 +18,7 @@ pub mod phase;
 pub mod recorded;
 pub mod state;
 pub mod switch;
+pub mod teardown;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
