@@ -245,6 +245,7 @@ async fn two_instances_pause_acknowledge_and_switch_together() {
 struct Process {
     child: std::process::Child,
     addr: std::net::SocketAddr,
+    config: std::path::PathBuf,
 }
 
 impl Process {
@@ -280,7 +281,11 @@ impl Process {
         })
         .await;
         assert!(up.is_some(), "pgtenant did not start listening");
-        Process { child, addr }
+        Process {
+            child,
+            addr,
+            config,
+        }
     }
 
     async fn client(&self, user: &str, db: &str) -> tokio_postgres::Client {
@@ -439,6 +444,17 @@ async fn a_move_cut_short_by_a_crash_is_aborted_or_resumed_by_a_new_instance() {
     })
     .await;
     assert!(cut_short.is_some(), "{:?}", show_move(&admin).await);
+    let status = Command::new(env!("CARGO_BIN_EXE_pgtenant"))
+        .args(["tenant", "move", "acme", "--status", "--config"])
+        .arg(&second.config)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{said}");
+    assert!(
+        said.contains("from pg-a to pg-b with copy: phase copying, cut short"),
+        "{said}"
+    );
     let state: String = registry
         .query_one(
             "SELECT state FROM pgtenant.tenants WHERE name = 'acme'",
