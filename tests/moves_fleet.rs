@@ -513,12 +513,50 @@ async fn a_move_cut_short_by_a_crash_is_aborted_or_resumed_by_a_new_instance() {
         .get(0);
     assert_eq!(state, "active");
 
-    // Again, and this time the instance killed mid-copy is followed by one that
-    // runs the same move again: it takes over the subscription and ends the move.
+    // Again, and this time the instance killed mid-copy is followed by ones that
+    // run the same move again.
     let moving = move_held_copying(&env, &second, &registry).await;
     committed.extend(insert_rows(&second, 50).await);
     second.kill();
     moving.await.unwrap().expect_err("the instance was killed");
+
+    // First the subscription is lost (dropped by hand): the next instance drops
+    // what is left of the replication and the partial copy and copies again from
+    // the start (a new subscription); it is killed mid-copy too.
+    let target_erp = env.direct("pg-b", "erp").await;
+    let subscription = "SELECT oid::int8 FROM pg_subscription";
+    let lost: i64 = target_erp
+        .query_one(subscription, &[])
+        .await
+        .unwrap()
+        .get(0);
+    for sql in [
+        "ALTER SUBSCRIPTION pgtenant_move_acme DISABLE",
+        "ALTER SUBSCRIPTION pgtenant_move_acme SET (slot_name = NONE)",
+        "DROP SUBSCRIPTION pgtenant_move_acme",
+    ] {
+        target_erp.batch_execute(sql).await.unwrap();
+    }
+    let mut third = Process::start(&env).await;
+    let admin = third.client("pgtenant", "pgtenant").await;
+    let gone = eventually(Duration::from_secs(20), || async {
+        let (_, running, _) = show_move(&admin).await?;
+        (running == "f").then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "{:?}", show_move(&admin).await);
+    let moving = tokio::spawn(async move { admin.simple_query("MOVE acme TO pg-b COPY").await });
+    let started_over = eventually(Duration::from_secs(30), || async {
+        let oid = target_erp.query_opt(subscription, &[]).await.ok()??;
+        (oid.get::<_, i64>(0) != lost && replication_left(&env).await == 3).then_some(())
+    })
+    .await;
+    assert!(started_over.is_some(), "no new subscription");
+    committed.extend(insert_rows(&third, 20).await);
+    third.kill();
+    moving.await.unwrap().expect_err("the instance was killed");
+
+    // Then the copy may go on, and the next instance takes over the subscription.
     let target_admin = env.direct("pg-b", "postgres").await;
     for sql in [
         "ALTER SYSTEM SET max_sync_workers_per_subscription = 2",
@@ -526,8 +564,8 @@ async fn a_move_cut_short_by_a_crash_is_aborted_or_resumed_by_a_new_instance() {
     ] {
         target_admin.batch_execute(sql).await.unwrap();
     }
-    let third = Process::start(&env).await;
-    let admin = third.client("pgtenant", "pgtenant").await;
+    let fourth = Process::start(&env).await;
+    let admin = fourth.client("pgtenant", "pgtenant").await;
     let gone = eventually(Duration::from_secs(20), || async {
         let (_, running, _) = show_move(&admin).await?;
         (running == "f").then_some(())
@@ -536,7 +574,7 @@ async fn a_move_cut_short_by_a_crash_is_aborted_or_resumed_by_a_new_instance() {
     assert!(gone.is_some(), "{:?}", show_move(&admin).await);
     // Writes go on through the new instance while the move resumes.
     let writer = {
-        let client = third.client("app", "acme").await;
+        let client = fourth.client("app", "acme").await;
         tokio::spawn(async move {
             let (mut ids, mut failures) = (Vec::new(), Vec::new());
             for i in 0..400 {
@@ -568,8 +606,8 @@ async fn a_move_cut_short_by_a_crash_is_aborted_or_resumed_by_a_new_instance() {
         "{message}"
     );
     // Serial inserts on the new host after the move.
-    committed.extend(insert_rows(&third, 20).await);
-    let through: i32 = third
+    committed.extend(insert_rows(&fourth, 20).await);
+    let through: i32 = fourth
         .client("app", "acme")
         .await
         .query_one("SELECT inet_server_port()", &[])
