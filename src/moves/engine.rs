@@ -20,6 +20,8 @@ use crate::registry::{HostName, TenantName};
 const POLL: Duration = Duration::from_millis(50);
 /// Under the pause, how long the last changes may take to reach the target.
 const FINAL_CATCH_UP: Duration = Duration::from_secs(10);
+/// How long the pause may wait for server connections opening on the new host.
+const WARM_WITHIN: Duration = Duration::from_millis(500);
 
 /// Starts a move in the background; the returned entry says when it ends.
 ///
@@ -385,6 +387,7 @@ async fn steps(
         return Err(ABORTED.into());
     }
     switch(app, tenant, &record.from.clone(), &plan.to).await?;
+    let warmed = warm(app, tenant).await;
     app.pools.resume(tenant);
     if let Some(f) = fleet.as_mut() {
         f.resume_others(plan.to.as_str()).await;
@@ -394,7 +397,7 @@ async fn steps(
     set_phase(app, record, Phase::Switched).await;
     let paused = paused_at.map(|t| t.elapsed()).unwrap_or_default();
     record.paused_ms = Some(paused.as_millis() as u64);
-    tracing::info!(%tenant, to = %plan.to, paused_ms = paused.as_millis() as u64, "move: switched and resumed");
+    tracing::info!(%tenant, to = %plan.to, paused_ms = paused.as_millis() as u64, warmed, "move: switched and resumed");
 
     // After the resume: nothing here keeps clients waiting.
     if closed > 0 {
@@ -458,6 +461,17 @@ async fn resume(
         earlier.phase
     ));
     Ok(false)
+}
+
+/// Under the pause, before the clients go on: server connections opened on the new
+/// host, as many as the tenant has clients (up to its pool size), so they do not
+/// each wait for one. How many were opened.
+pub async fn warm(app: &App, tenant: &TenantName) -> usize {
+    let clients = app
+        .metrics
+        .find_tenant(tenant.as_str())
+        .map_or(0, |s| s.client_count());
+    app.pools.warm(tenant, clients.max(1), WARM_WITHIN).await
 }
 
 async fn drain_or_abort(

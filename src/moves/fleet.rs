@@ -390,6 +390,7 @@ fn handle(
                     }
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
+                super::engine::warm(&app, &name).await;
                 app.pools.resume(&name);
             });
         }
