@@ -56,9 +56,10 @@ pub async fn start(app: &Arc<App>, request: MoveRequest) -> Result<Arc<Running>,
 /// The earlier move of the tenant this one resumes, if any; refuses when there is
 /// one this move cannot resume.
 async fn earlier(app: &App, request: &MoveRequest) -> Result<Option<MoveRecord>, MoveError> {
+    // This move is already `running` here: the record is read as it is stored.
     let found = app
         .moves
-        .find(&request.tenant)
+        .recorded(&request.tenant)
         .await
         .map_err(|e| MoveError::Failed(format!("cannot read the recorded moves: {e}")))?;
     let Some(found) = found.filter(|f| f.record.is_open()) else {

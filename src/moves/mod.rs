@@ -161,19 +161,26 @@ impl Moves {
     /// Every recorded move, with whether it runs now (here, or in another live
     /// instance).
     pub async fn list(&self) -> Result<Vec<recorded::Found>, String> {
-        let listed = match self
-            .with_db(async |c, stale| recorded::all(c, stale).await)
-            .await
-        {
-            Some(rows) => rows?,
-            None => self
-                .local()
+        let local = || {
+            self.local()
                 .into_iter()
                 .map(|record| recorded::Found {
                     record,
                     owner_alive: false,
                 })
-                .collect(),
+                .collect()
+        };
+        let listed = match self
+            .with_db(async |c, stale| recorded::all(c, stale).await)
+            .await
+        {
+            Some(Ok(rows)) => rows,
+            // The registry database away: this instance's own moves still show.
+            Some(Err(e)) => {
+                tracing::warn!("cannot read the moves recorded in the registry database: {e}");
+                local()
+            }
+            None => local(),
         };
         Ok(listed
             .into_iter()
@@ -203,6 +210,11 @@ impl Moves {
                 owner_alive: true,
             }));
         }
+        self.recorded(tenant).await
+    }
+
+    /// The move of `tenant` as recorded, whether or not it runs here.
+    pub async fn recorded(&self, tenant: &str) -> Result<Option<recorded::Found>, String> {
         match self
             .with_db(async |c, stale| recorded::one(c, tenant, stale).await)
             .await
