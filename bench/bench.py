@@ -46,6 +46,9 @@ SECONDS = env_int("BENCH_SECONDS", 10)
 ROUNDS = env_int("BENCH_ROUNDS", 3)
 POOL = env_int("BENCH_POOL_SIZE", 20)
 HOST_BUDGET = env_int("BENCH_HOST_BUDGET", 100)
+# Servers the shared set of the many-tenants database holds (pool.shared_pool_size):
+# as many as the single tenant's pool, so both sides run on the same server count.
+SHARED_POOL = env_int("BENCH_SHARED_POOL_SIZE", POOL)
 TENANTS = env_int("BENCH_TENANTS", 1000)
 # The wide run: this many tenants × 1 client (0 skips it).
 WIDE = env_int("BENCH_WIDE_TENANTS", 10000)
@@ -152,6 +155,25 @@ def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def server_cpu_seconds(postmaster):
+    """CPU of a PostgreSQL cluster: the postmaster, its live children (the backends and
+    background processes) and the children it already reaped (cutime + cstime)."""
+    with open(f"/proc/{postmaster}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    total = sum(int(v) for v in fields[11:15]) / CLK_TCK
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == postmaster:
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
 
 
 class Results:
@@ -332,6 +354,7 @@ max_client_conn = {MAX_CLIENT_CONN}
 [pool]
 pool_size = {POOL}
 share_schema_tenants = {"true" if share else "false"}
+shared_pool_size = {SHARED_POOL}
 {"" if streak is None else f"share_streak = {streak}"}
 
 [registry]
@@ -553,10 +576,13 @@ class Bench:
         cmd = [LOAD_BIN, "tenants", "--host", "127.0.0.1", "--port", str(self.port(target)),
                "--seconds", str(SECONDS)] + who
         opened, xacts = self.server_stats()
+        proxy_pid, postmaster = self.proxies[target].pid, self.cluster.pid()
+        cpu = (cpu_seconds(proxy_pid), server_cpu_seconds(postmaster))
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=SECONDS + 300)
         except subprocess.TimeoutExpired:
             return {"ok": False, "error": "load tool timed out"}
+        cpu = (cpu_seconds(proxy_pid) - cpu[0], server_cpu_seconds(postmaster) - cpu[1])
         time.sleep(1.5)  # idle backends flush their statistics within a second
         opened_after, xacts_after = self.server_stats()
         opens = opened_after - opened
@@ -571,6 +597,10 @@ class Bench:
         # search_path on a shared server: transactions per query - 1 = SETs per query.
         if r.get("queries"):
             r["server_xacts_per_query"] = (xacts_after - xacts) / r["queries"]
+            # CPU time is what a loaded machine does not distort much: the proxy's and
+            # PostgreSQL's (every backend, opened or closed during the run) per query.
+            r["proxy_cpu_us_per_query"] = cpu[0] * 1e6 / r["queries"]
+            r["server_cpu_us_per_query"] = cpu[1] * 1e6 / r["queries"]
         return r
 
     def server_stats(self):
@@ -795,7 +825,7 @@ def main():
         "pgbouncer_version": version([PGBOUNCER, "--version"]),
         "pgbench_version": version([PGBENCH, "--version"]),
         "settings": {"seconds": SECONDS, "rounds": ROUNDS, "pool_size": POOL,
-                     "host_budget": HOST_BUDGET, "tenants": TENANTS, "wide_tenants": WIDE,
+                     "host_budget": HOST_BUDGET, "shared_pool_size": SHARED_POOL, "tenants": TENANTS, "wide_tenants": WIDE,
                      "tenant_pool_size": TENANT_POOL, "clients": CLIENTS,
                      "idle_counts": IDLE_COUNTS, "cpu_transactions": (CPU_TXNS // 16) * 16,
                      "syscall_transactions": SYSCALL_TXNS, "pgbench_scale": SCALE,

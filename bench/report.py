@@ -151,7 +151,8 @@ def main():
     for r in raw["tenants"]:
         ten.setdefault(r["scenario"], {}).setdefault(r["target"], []).append(r)
     tsum = {sc: {tg: summarize_runs(runs, ["tps", "p50_ms", "p99_ms", "errors", "connect_seconds",
-                                           "server_opens", "server_xacts_per_query"])
+                                           "server_opens", "server_xacts_per_query",
+                                           "proxy_cpu_us_per_query", "server_cpu_us_per_query"])
                  for tg, runs in by.items()} for sc, by in ten.items()}
     # error counts are data here: take them from every run, not just clean ones
     for sc, by in ten.items():
@@ -159,7 +160,7 @@ def main():
             tsum[sc][tg]["errors_total"] = sum(r.get("errors", 0) or 0 for r in runs)
             tsum[sc][tg]["has_numbers"] = any("tps" in r for r in runs)
             for key in ("tps", "p50_ms", "p99_ms", "connect_seconds", "seconds", "server_opens",
-                        "server_xacts_per_query"):
+                        "server_xacts_per_query", "proxy_cpu_us_per_query", "server_cpu_us_per_query"):
                 tsum[sc][tg][key + "_all"] = median([r.get(key) for r in runs])
     m = tsum.get("many", {})
     if m.get("pgtenant", {}).get("has_numbers") and m.get("pgbouncer", {}).get("has_numbers"):
@@ -334,7 +335,8 @@ def main():
               f"its own schema in database `many` and its own pool of {st['tenant_pool_size']} (with sharing: at most "
               f"{st['tenant_pool_size']} of the shared servers at once); all pools "
               f"share the budget of {st['host_budget']} server connections, so idle connections of other "
-              f"tenants are closed to make room. **single**: the same {2 * st['tenants']} clients on one "
+              f"tenants are closed to make room; with sharing, the tenants' shared set holds at most "
+              f"{st.get('shared_pool_size', 0) or st['host_budget']} servers (`pool.shared_pool_size`). **single**: the same {2 * st['tenants']} clients on one "
               f"tenant with a pool of {st['pool_size']}. PgBouncer 1.18 has no startup `options` for a "
               "[databases] entry, so each tenant is a [databases] entry with "
               "`connect_query='SET search_path TO tenant_NNNN'` and `pool_size=2`, and "
@@ -350,7 +352,8 @@ def main():
               "server sessions PostgreSQL opened on `many` during the run (`pg_stat_database.sessions`), "
               "including the first ones.\n")
     t = Table("scenario", "target", "queries/s", "p50 ms", "p99 ms", "errors", "connect all (s)",
-              "window (s)", "server opens", "server xacts/query", "pgtenant/pgbouncer")
+              "window (s)", "server opens", "server xacts/query", "proxy CPU µs/query",
+              "server CPU µs/query", "pgtenant/pgbouncer")
     for sc in ("many", "single", "wide"):
         for tg in ("pgtenant", "pgtenant-fifo", "pgtenant-noshare", "pgbouncer"):
             s = tsum.get(sc, {}).get(tg)
@@ -359,7 +362,7 @@ def main():
             if not s["has_numbers"]:
                 failed = [r for r in ten[sc][tg] if r.get("error")]
                 t.add(sc, tg, f"**fails**: {short(failed[0]['error']) if failed else '?'}", "–", "–",
-                      "–", "–", "–", "–", "–", "–")
+                      "–", "–", "–", "–", "–", "–", "–", "–")
                 continue
             rp = "–"
             other = tsum.get(sc, {}).get("pgbouncer")
@@ -371,7 +374,9 @@ def main():
                 errs += f" (first: {short(first, 90)})"
             t.add(sc, tg, fmt_num(s["tps_all"]), fmt_num(s["p50_ms_all"], 2), fmt_num(s["p99_ms_all"], 2),
                   errs, fmt_num(s["connect_seconds_all"], 1), fmt_num(s["seconds_all"], 1),
-                  fmt_num(s["server_opens_all"]), fmt_num(s.get("server_xacts_per_query_all"), 2), rp)
+                  fmt_num(s["server_opens_all"]), fmt_num(s.get("server_xacts_per_query_all"), 2),
+                  fmt_num(s.get("proxy_cpu_us_per_query_all"), 1),
+                  fmt_num(s.get("server_cpu_us_per_query_all"), 1), rp)
     md.append(t.render() + "\n")
     md.append(f"queries/s = successful queries ÷ the window; the window is {st['seconds']} s plus however long "
               "the last query of any client took to finish (a client stuck waiting for a server connection "
@@ -379,6 +384,10 @@ def main():
               "counts failed connects and failed queries (a client whose connection was closed reconnects). "
               "server xacts/query = transactions PostgreSQL ended in `many` during the run ÷ successful "
               "queries: each query is one, and each SET of a search_path on a shared server is one more. "
+              "proxy/server CPU µs/query = user + system CPU time of the proxy process and of the "
+              "PostgreSQL cluster (postmaster and every backend, including those that exited) during "
+              "the run ÷ successful queries, read from /proc: a count a loaded machine distorts far less "
+              "than throughput. "
               "Medians over rounds, error counts summed over rounds.\n")
 
     # ---- idle

@@ -232,6 +232,9 @@ pub struct PoolSettings {
     /// may serve in a row ahead of the first in line (each saves a SET); 0: strictly
     /// first come, first served.
     pub share_streak: u32,
+    /// Shared servers: how many one (host, database, role) holds open at once for all
+    /// its schema tenants together; 0: as many as the host's budget allows.
+    pub shared_pool_size: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -300,6 +303,7 @@ impl Default for PoolSettings {
             host_turn: Duration::from_millis(100),
             share_schema_tenants: true,
             share_streak: 4,
+            shared_pool_size: 0,
         }
     }
 }

@@ -69,8 +69,8 @@ fn settings_errors_name_place_key_and_valid_values_all_at_once() {
         format!(
             "{file}:2:13: proxy.pool_mode: unknown value \"transactions\" (did you mean \"transaction\"?); expected \"session\" or \"transaction\"\n\
              {file}:5:20: pool.checkout_timeout: expected a duration such as \"5s\" or \"250ms\", found 5\n\
-             {file}:6:1: pool.pool_sise: unknown key (did you mean pool_size?); valid keys in [pool]: pool_size, min_idle, max_prepared_statements, max_client_statements, connect_timeout, checkout_timeout, query_wait_timeout, idle_timeout, max_lifetime, reset_query, host_turn, share_schema_tenants, share_streak\n\
-             PGTENANT__POOL__POOL_SIZ: pool.pool_siz: unknown key (did you mean pool_size?); valid keys in [pool]: pool_size, min_idle, max_prepared_statements, max_client_statements, connect_timeout, checkout_timeout, query_wait_timeout, idle_timeout, max_lifetime, reset_query, host_turn, share_schema_tenants, share_streak\n"
+             {file}:6:1: pool.pool_sise: unknown key (did you mean pool_size?); valid keys in [pool]: pool_size, min_idle, max_prepared_statements, max_client_statements, connect_timeout, checkout_timeout, query_wait_timeout, idle_timeout, max_lifetime, reset_query, host_turn, share_schema_tenants, share_streak, shared_pool_size\n\
+             PGTENANT__POOL__POOL_SIZ: pool.pool_siz: unknown key (did you mean pool_size?); valid keys in [pool]: pool_size, min_idle, max_prepared_statements, max_client_statements, connect_timeout, checkout_timeout, query_wait_timeout, idle_timeout, max_lifetime, reset_query, host_turn, share_schema_tenants, share_streak, shared_pool_size\n"
         )
     );
 }

@@ -414,3 +414,61 @@ async fn a_server_serves_its_own_path_first_for_a_bounded_streak() {
     assert_eq!(served_order(1, &waiting).await, ["a1", "b", "a2"]);
     assert_eq!(served_order(0, &waiting).await, ["b", "a1", "a2"]);
 }
+
+/// `n` tenants × 1 client at once, each running `rounds` statements that hold their
+/// server a moment; the server pids they ran on.
+async fn run_sleepers(env: &Env, n: usize, rounds: usize) -> BTreeSet<String> {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let tenant = format!("t{i}");
+        let config = env.config("app", Some(&tenant));
+        tasks.push(tokio::spawn(async move {
+            let client = connect(&config).await.unwrap();
+            let mut pids = BTreeSet::new();
+            for _ in 0..rounds {
+                client.simple_query("SELECT pg_sleep(0.02)").await.unwrap();
+                pids.insert(check_simple(&client, &tenant, "a sleep").await);
+            }
+            pids
+        }));
+    }
+    let mut pids = BTreeSet::new();
+    for task in tasks {
+        pids.extend(task.await.unwrap());
+    }
+    pids
+}
+
+/// `pool.shared_pool_size` bounds the servers a shared set opens for all its tenants
+/// together, below the host's budget; every client is still served, under its own
+/// path. Without it the same load opens more, up to the budget.
+#[tokio::test]
+async fn a_shared_set_holds_at_most_shared_pool_size_servers() {
+    let bounded = env(8, 10, 2, "shared_pool_size = 2", "").start().await;
+    let used = run_sleepers(&bounded, 8, 6).await;
+    assert!(used.len() <= 2, "ran on {} servers: {used:?}", used.len());
+    assert!(server_pids(&bounded).await.len() <= 2);
+
+    // A server that closes gives its place back: the set opens a replacement.
+    let admin = bounded.direct("pg-a", "postgres").await;
+    admin
+        .simple_query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = 'erp' AND backend_type = 'client backend'",
+        )
+        .await
+        .unwrap();
+    // Gone before the clients come back, so none is handed a server still dying.
+    while !server_pids(&bounded).await.is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let after = run_sleepers(&bounded, 8, 3).await;
+    assert!(
+        after.len() <= 2 && after.is_disjoint(&used),
+        "{after:?} after {used:?}"
+    );
+
+    let open = env(8, 10, 2, "", "").start().await;
+    let unbounded = run_sleepers(&open, 8, 6).await;
+    assert!(unbounded.len() > 2, "without a set size: {unbounded:?}");
+}

@@ -250,10 +250,10 @@ mod tests {
             vec![
                 "s.toml:2:13: proxy.pool_mode: unknown value \"transactions\" (did you mean \"transaction\"?); expected \"session\" or \"transaction\"",
                 "s.toml:5:20: pool.checkout_timeout: expected a duration such as \"5s\" or \"250ms\", found 5",
-                "s.toml:6:1: pool.pool_sise: unknown key (did you mean pool_size?); valid keys in [pool]: pool_size, min_idle, max_prepared_statements, max_client_statements, connect_timeout, checkout_timeout, query_wait_timeout, idle_timeout, max_lifetime, reset_query, host_turn, share_schema_tenants, share_streak",
+                "s.toml:6:1: pool.pool_sise: unknown key (did you mean pool_size?); valid keys in [pool]: pool_size, min_idle, max_prepared_statements, max_client_statements, connect_timeout, checkout_timeout, query_wait_timeout, idle_timeout, max_lifetime, reset_query, host_turn, share_schema_tenants, share_streak, shared_pool_size",
                 "s.toml:7:16: pool.idle_timeout: expected a duration such as \"5s\" or \"250ms\", found \"5\"",
                 "s.toml:8:12: pool.min_idle: must not exceed pool.pool_size",
-                "PGTENANT__POOL__POOL_SIZ: pool.pool_siz: unknown key (did you mean pool_size?); valid keys in [pool]: pool_size, min_idle, max_prepared_statements, max_client_statements, connect_timeout, checkout_timeout, query_wait_timeout, idle_timeout, max_lifetime, reset_query, host_turn, share_schema_tenants, share_streak",
+                "PGTENANT__POOL__POOL_SIZ: pool.pool_siz: unknown key (did you mean pool_size?); valid keys in [pool]: pool_size, min_idle, max_prepared_statements, max_client_statements, connect_timeout, checkout_timeout, query_wait_timeout, idle_timeout, max_lifetime, reset_query, host_turn, share_schema_tenants, share_streak, shared_pool_size",
             ]
         );
     }

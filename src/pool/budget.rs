@@ -25,6 +25,18 @@ pub(super) struct HostBudget {
 pub(super) struct BudgetPermit {
     permit: Option<OwnedSemaphorePermit>,
     budget: Arc<HostBudget>,
+    /// A shared set's server: its place within `pool.shared_pool_size`, given back
+    /// to the set when the connection has closed.
+    set: Option<OwnedSemaphorePermit>,
+}
+
+impl BudgetPermit {
+    /// The same share of the host, counted in `set` (a shared set's room) instead of
+    /// the set it was counted in before, if any.
+    pub(super) fn in_set(mut self, set: Option<OwnedSemaphorePermit>) -> BudgetPermit {
+        self.set = set;
+        self
+    }
 }
 
 impl Drop for BudgetPermit {
@@ -52,6 +64,7 @@ impl HostBudget {
         Some(BudgetPermit {
             permit: Some(permit),
             budget: self.clone(),
+            set: None,
         })
     }
 
@@ -85,6 +98,7 @@ impl HostBudget {
             let offer = BudgetPermit {
                 permit: permit.take(),
                 budget: self.clone(),
+                set: None,
             };
             match waiter.send(offer) {
                 Ok(()) => return,

@@ -44,9 +44,13 @@ impl Pools {
             }
             for _ in 0..pool.warm_deficit(idle_timeout) {
                 // Warming never waits for budget: it only uses what is free.
+                let Ok(room) = pool.idle.try_room() else {
+                    break;
+                };
                 let Some(budget) = pool.budget.try_acquire() else {
                     break;
                 };
+                let budget = budget.in_set(room);
                 pool.warming.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(open_one(self.clone(), pool.clone(), budget));
             }
@@ -96,9 +100,14 @@ impl Pools {
         for pool in pools {
             let open = pool.busy() + pool.idle_count() + pool.warming.load(Ordering::Relaxed);
             for _ in 0..n.min(pool.size.saturating_sub(open)) {
+                // As upkeep's warming: only what the set and the host have free.
+                let Ok(room) = pool.idle.try_room() else {
+                    break;
+                };
                 let Some(budget) = pool.budget.try_acquire() else {
                     break;
                 };
+                let budget = budget.in_set(room);
                 pool.warming.fetch_add(1, Ordering::Relaxed);
                 opening.spawn(open_one(self.clone(), pool.clone(), budget));
             }

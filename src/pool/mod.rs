@@ -13,6 +13,7 @@
 mod budget;
 mod conn;
 pub mod gate;
+mod line;
 mod maintain;
 pub mod report;
 pub mod statements;
@@ -240,6 +241,8 @@ impl Pools {
             rx: None,
             pool: pool.clone(),
         };
+        // A shared set with its own size: our place in it, before any on the host.
+        let mut room = None;
         let budget = loop {
             let returned = pool.idle.returned.notified();
             tokio::pin!(returned);
@@ -249,6 +252,32 @@ impl Pools {
                     return Ok(PooledConn::new(idle.conn, idle.budget, slot, pool.clone()));
                 }
                 tracing::debug!(tenant = %pool.tenant, "dropping a server connection that died while idle");
+            }
+            if let (Some(set), Some(path), None) = (&pool.idle.room, &pool.path, &room) {
+                match set.clone().try_acquire_owned() {
+                    Ok(place) => room = Some(place),
+                    // The set holds all the servers it may: wait in line for one of
+                    // them to come back, or for one to close and leave room.
+                    Err(_) if handed.rx.is_none() => {
+                        handed.rx = Some(pool.idle.queue(path.clone()));
+                        continue;
+                    }
+                    Err(_) => {
+                        tokio::select! {
+                            Some(idle) = handed.recv() => {
+                                if conn::is_alive(&idle.conn) {
+                                    return Ok(PooledConn::new(idle.conn, idle.budget, slot, pool.clone()));
+                                }
+                            }
+                            place = set.clone().acquire_owned() => {
+                                room = Some(place.expect("set semaphores are never closed"));
+                            }
+                            _ = returned => {}
+                            _ = tokio::time::sleep_until(deadline.into()) => return Err(timeout()),
+                        }
+                        continue;
+                    }
+                }
             }
             if let Some(permit) = pool.budget.try_acquire() {
                 break permit;
@@ -318,6 +347,8 @@ impl Pools {
         conn.shared = pool.is_shared();
         pool.opened(&conn);
         tracing::debug!(tenant = %pool.tenant, address = %pool.target.address, "opened server connection");
+        // Counted in this set's room, not a closed victim's.
+        let budget = budget.in_set(room);
         Ok(PooledConn::new(Box::new(conn), budget, slot, pool.clone()))
     }
 
@@ -392,7 +423,11 @@ impl Pools {
             .or_default()
             .clone();
         let shared = path.as_ref().map(|path| {
-            let set = self.shared.entry(target.clone()).or_default().clone();
+            let set = self
+                .shared
+                .entry(target.clone())
+                .or_insert_with(|| Arc::new(IdleSet::shared(self.settings.shared_pool_size)))
+                .clone();
             (set, path.clone(), self.settings.share_streak)
         });
         let new_pool = || {

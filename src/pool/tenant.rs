@@ -4,10 +4,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::budget::{BudgetPermit, HostBudget};
 use super::conn::close_later;
+use super::line::{Line, Waiter};
 use crate::backend::{BackendTarget, Greeting, ServerConn};
 use crate::registry::{HostName, TenantName};
 
@@ -26,57 +27,64 @@ pub(super) struct IdleSet {
     pub(super) waiting: std::sync::atomic::AtomicUsize,
     /// Shared sets: clients waiting for a server, first come first served; a server
     /// that comes back goes to the first of them rather than waking them all (or,
-    /// for a bounded streak, to the first of its own tenant: `hand_over`).
-    queue: Mutex<std::collections::VecDeque<Waiter>>,
-}
-
-/// A client waiting in a shared set's queue, and the search_path its tenant wants.
-struct Waiter {
-    path: Arc<str>,
-    tx: tokio::sync::oneshot::Sender<Idle>,
+    /// for a bounded streak, to the first of its own search_path: `hand_over`).
+    line: Mutex<Line<Idle>>,
+    /// Shared sets: one permit per server the set may hold open at once
+    /// (`pool.shared_pool_size`); `None`: only the host's budget bounds it.
+    pub(super) room: Option<Arc<Semaphore>>,
 }
 
 impl IdleSet {
+    /// A shared set that holds at most `servers` open at once (0: as many as the
+    /// host's budget allows).
+    pub(super) fn shared(servers: usize) -> IdleSet {
+        IdleSet {
+            room: (servers > 0).then(|| Arc::new(Semaphore::new(servers))),
+            ..IdleSet::default()
+        }
+    }
+
+    /// A place for one more server in this set, if it has room now (always, for a
+    /// set without its own bound).
+    pub(super) fn try_room(&self) -> Result<Option<OwnedSemaphorePermit>, ()> {
+        match &self.room {
+            None => Ok(None),
+            Some(room) => room.clone().try_acquire_owned().map(Some).map_err(|_| ()),
+        }
+    }
+
     /// Queues for the next server that comes back, for a client whose tenant's
     /// search_path statement is `path`.
     pub(super) fn queue(&self, path: Arc<str>) -> tokio::sync::oneshot::Receiver<Idle> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.queue.lock().unwrap().push_back(Waiter { path, tx });
+        self.line.lock().unwrap().push(Waiter { path, tx });
         rx
     }
 
     /// Hands `idle` to a client still waiting; gives it back if none is. The first
     /// in line gets it, unless a client further back wants the search_path the server
     /// already has and the server has not yet served `streak` such clients in a row:
-    /// that client saves a SET, which costs the server about half as much as a primary-key
-    /// SELECT. The streak bounds how long the first in line can be passed over, and
-    /// only the first `SAME_PATH_WINDOW` in line are looked at: the search runs under
-    /// the set's lock at every hand-over, and a line of thousands (one client per
-    /// tenant, none sharing a path) must not make each one cost thousands of compares.
+    /// that client saves a SET, which costs the server about half as much as a
+    /// primary-key SELECT. The streak bounds how long the first in line can be passed
+    /// over; the line finds that client by its path wherever it waits.
     fn hand_over(&self, mut idle: Idle, streak: u32) -> Option<Idle> {
-        let mut queue = self.queue.lock().unwrap();
+        let mut line = self.line.lock().unwrap();
         loop {
-            while queue.front().is_some_and(|w| w.tx.is_closed()) {
-                queue.pop_front();
-            }
             let same_path = match (&idle.conn.path, idle.conn.streak < streak) {
-                (Some(path), true) => queue
-                    .iter()
-                    .take(SAME_PATH_WINDOW)
-                    .position(|w| !w.tx.is_closed() && same(&w.path, path)),
+                (Some(path), true) => line.take_of_path(path),
                 _ => None,
             };
             let waiter = match same_path {
-                Some(0) | None => {
+                Some(waiter) => {
+                    idle.conn.streak += 1;
+                    waiter
+                }
+                None => {
                     idle.conn.streak = 0;
-                    match queue.pop_front() {
+                    match line.pop_first() {
                         Some(first) => first,
                         None => return Some(idle),
                     }
-                }
-                Some(at) => {
-                    idle.conn.streak += 1;
-                    queue.remove(at).expect("found above")
                 }
             };
             match waiter.tx.send(idle) {
@@ -100,6 +108,7 @@ impl IdleSet {
     /// Closes idle connections that have lived past `max_lifetime`, and those idle
     /// past `idle_timeout` beyond the `keep` most recently used.
     pub(super) fn reap(&self, keep: usize, idle_timeout: Duration, max_lifetime: Duration) {
+        self.line.lock().unwrap().prune();
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap();
         let (expired, mut live): (Vec<Idle>, Vec<Idle>) = idle
@@ -116,14 +125,6 @@ impl IdleSet {
             close_later(i.conn, i.budget, None);
         }
     }
-}
-
-/// How far down a shared set's line a returning server looks for a client of its
-/// search_path (`IdleSet::hand_over`).
-const SAME_PATH_WINDOW: usize = 128;
-
-fn same(a: &Arc<str>, b: &Arc<str>) -> bool {
-    Arc::ptr_eq(a, b) || a == b
 }
 
 /// An idle connection and the host-budget permit it holds while open.
