@@ -388,6 +388,8 @@ def main():
               "PostgreSQL cluster (postmaster and every backend, including those that exited) during "
               "the run ÷ successful queries, read from /proc: a count a loaded machine distorts far less "
               "than throughput. "
+              f"Before the rounds each target ran each scenario once for {st.get('tenant_warmup_seconds', 0)} s "
+              "unmeasured, so the figures are steady state (servers have the tenants' tables in their caches). "
               "Medians over rounds, error counts summed over rounds.\n")
 
     # ---- idle

@@ -7,7 +7,8 @@
 #   BENCH_SECONDS=5 BENCH_ROUNDS=3 bench/run.sh
 #
 # Settings (environment): BENCH_SECONDS, BENCH_ROUNDS, BENCH_POOL_SIZE (20),
-# BENCH_HOST_BUDGET (100), BENCH_TENANTS (1000), BENCH_CLIENTS ("1,16,64,256"),
+# BENCH_HOST_BUDGET (100), BENCH_SHARED_POOL_SIZE (= pool size), BENCH_TENANT_WARMUP (= seconds),
+# BENCH_TENANTS (1000), BENCH_CLIENTS ("1,16,64,256"),
 # BENCH_IDLE_COUNTS ("2000,10000"), BENCH_CPU_TXNS (100000), BENCH_SYSCALL_TXNS (2000),
 # BENCH_KEEP=1 keeps the temp dir (cluster, configs, logs). To run a part only:
 # BENCH_ONLY="pgbench,many,idle,cpu,syscalls" (steps) and BENCH_TESTS="connect-c16,…"
