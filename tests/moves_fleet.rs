@@ -238,6 +238,55 @@ async fn two_instances_pause_acknowledge_and_switch_together() {
     assert!(message.contains("it serves from pg-b"), "{message}");
     assert_eq!(port_seen(&a).await, target);
     assert_eq!(port_seen(&b).await, target);
+    let silent_acks: i64 = registry
+        .query_one(
+            "SELECT count(*) FROM pgtenant.move_acks WHERE instance = 'silent'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(silent_acks, 0);
+
+    // An instance whose acknowledgement is only a row of pgtenant.move_acks, with no
+    // notification: the mover reads it from the table and switches.
+    registry
+        .batch_execute(
+            "DELETE FROM pgtenant.instances WHERE id = 'silent'; \
+             INSERT INTO pgtenant.instances (id, address, slot) VALUES ('quiet', '127.0.0.1:1', 2046)",
+        )
+        .await
+        .unwrap();
+    let mover = connect(&config_for(a.local_addr(), "pgtenant", Some("pgtenant")))
+        .await
+        .unwrap();
+    let moving = tokio::spawn(async move { mover.simple_query("MOVE acme TO pg-a").await });
+    let paused = eventually(Duration::from_secs(30), || async {
+        let row = registry
+            .query_opt(
+                "SELECT id FROM pgtenant.moves WHERE tenant = 'acme' AND phase = 'paused' \
+                 AND to_host = 'pg-a' AND NOT finished",
+                &[],
+            )
+            .await
+            .ok()??;
+        Some(row.get::<_, String>(0))
+    })
+    .await
+    .expect("the move pauses");
+    registry
+        .execute(
+            "INSERT INTO pgtenant.move_acks (move_id, instance) VALUES ($1, 'quiet')",
+            &[&paused],
+        )
+        .await
+        .unwrap();
+    moving
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("MOVE with a table-only acknowledgement: {}", describe(&e)));
+    assert_eq!(port_seen(&a).await, source);
+    assert_eq!(port_seen(&b).await, source);
 }
 
 /// `pgtenant serve` as a process of its own on the registry database, so it can be
