@@ -2,9 +2,10 @@
 //! and acknowledge (in pgtenant.move_acks) before the switch, both then serve it
 //! from the new host, with a write load on both and no failed transaction. An
 //! instance that does not acknowledge in time fails the move, and both go on serving
-//! from the source. A move cut short by a crash (the proxy process killed) is seen
-//! in the registry by a new instance, which aborts it (the source serves every row,
-//! nothing of the move is left) or resumes it to the end.
+//! from the source. A move running on one instance is aborted from another. A move
+//! cut short by a crash (the proxy process killed) is seen in the registry by
+//! another instance, which aborts it (the source serves every row, nothing of the
+//! move is left) or resumes it to the end.
 
 mod common;
 
@@ -476,17 +477,34 @@ async fn a_move_cut_short_by_a_crash_is_aborted_or_resumed_by_a_new_instance() {
         env.host("pg-b").port() as i32,
     );
 
-    // The first instance starts a copy and is killed in the middle of it.
     let mut first = Process::start(&env).await;
+    let mut second = Process::start(&env).await;
+    let admin = second.client("pgtenant", "pgtenant").await;
     let mut committed = insert_rows(&first, 50).await;
+
+    // A move running on the first instance, aborted from the second: the first is
+    // asked over the registry database and the second answers with what it did.
+    let moving = move_held_copying(&env, &first, &registry).await;
+    let (phase, running, _) = show_move(&admin).await.unwrap();
+    assert_eq!((phase.as_str(), running.as_str()), ("copying", "t"));
+    admin
+        .simple_query("ABORT MOVE acme")
+        .await
+        .unwrap_or_else(|e| panic!("ABORT MOVE from another instance: {}", describe(&e)));
+    let err = moving.await.unwrap().expect_err("the move was aborted");
+    assert_eq!(err.as_db_error().unwrap().code().code(), "57014");
+    let (phase, _, message) = show_move(&admin).await.unwrap();
+    assert_eq!(phase, "aborted", "{message}");
+    assert!(message.contains("serves from pg-a"), "{message}");
+    assert_eq!(replication_left(&env).await, 0, "replication objects left");
+
+    // The first instance starts the copy again and is killed in the middle of it.
     let moving = move_held_copying(&env, &first, &registry).await;
     committed.extend(insert_rows(&first, 50).await);
     first.kill();
     moving.await.unwrap().expect_err("the instance was killed");
 
-    // A new instance sees the move in the registry, cut short (its instance gone).
-    let mut second = Process::start(&env).await;
-    let admin = second.client("pgtenant", "pgtenant").await;
+    // Another instance sees the move in the registry, cut short (its instance gone).
     let cut_short = eventually(Duration::from_secs(20), || async {
         let (phase, running, _) = show_move(&admin).await?;
         (phase == "copying" && running == "f").then_some(())

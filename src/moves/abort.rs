@@ -1,7 +1,8 @@
 //! Aborting a move: one running here is asked to stop (it resumes the tenant on the
-//! source and cleans up); one cut short (its instance crashed or was restarted) is
-//! cleaned up from its record, read where moves are recorded, by whichever instance
-//! is asked.
+//! source and cleans up), one running on another live instance is asked to stop
+//! over the registry database; one cut short (its instance crashed or was
+//! restarted) is cleaned up from its record, read where moves are recorded, by
+//! whichever instance is asked.
 
 use std::sync::Arc;
 
@@ -34,10 +35,20 @@ pub async fn abort(app: &Arc<App>, tenant: &str) -> Result<String, MoveError> {
         .ok_or_else(|| MoveError::Refused(format!("no move of tenant \"{tenant}\" to abort")))?;
     let record = found.record;
     if found.owner_alive {
-        return Err(MoveError::Elsewhere {
-            tenant: tenant.into(),
-            instance: record.instance.unwrap_or_default(),
-        });
+        // Another live instance runs it: asked over the registry database.
+        let ended = fleet::ask_abort(app, &record).await.map_err(|why| {
+            MoveError::Failed(format!(
+                "asked instance {} to abort the move of tenant \"{tenant}\": {why}",
+                record.instance.as_deref().unwrap_or("?")
+            ))
+        })?;
+        return match ended.phase {
+            Phase::Active => Err(MoveError::Failed(format!(
+                "the move had already switched and finished: {}",
+                ended.message
+            ))),
+            _ => Ok(ended.message),
+        };
     }
     // Cut short between the registry's switch and its record: switched all the same.
     let switched = app

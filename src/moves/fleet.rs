@@ -50,6 +50,8 @@ pub enum Message {
         instance: String,
         error: Option<String>,
     },
+    /// Abort the move of `tenant`, if this instance runs it.
+    Abort { tenant: String },
     /// Resume `tenant` once this instance's registry names `host`.
     Resume {
         tenant: String,
@@ -163,6 +165,48 @@ pub async fn tell_resume(app: &App, record: &super::MoveRecord) {
         Err(e) => {
             tracing::warn!(tenant = %record.tenant, "cannot tell the other instances to resume: {}", crate::registry::rows::error_text(&e))
         }
+    }
+}
+
+/// Asks the instance running `record`'s move to abort it, and waits until the
+/// record says the move ended: its message, or why not.
+pub async fn ask_abort(app: &App, record: &super::MoveRecord) -> Result<super::MoveRecord, String> {
+    let url = app
+        .settings
+        .registry
+        .url
+        .as_ref()
+        .ok_or("no registry database")?;
+    let client = crate::registry::migrate::connect(url)
+        .await
+        .map_err(|e| crate::registry::rows::error_text(&e))?;
+    let message = Message::Abort {
+        tenant: record.tenant.clone(),
+    };
+    send(&client, &message).await?;
+    // The move drops what it made before it records its end.
+    let deadline = Instant::now() + app.settings.admin.move_timeout + ORPHAN_GRACE;
+    loop {
+        let now = app.moves.recorded(&record.tenant).await?;
+        match now {
+            Some(f) if f.record.id == record.id && f.record.finished => return Ok(f.record),
+            Some(f) if f.record.id == record.id && !f.owner_alive => {
+                return Err(format!(
+                    "instance {} stopped before the move ended; abort again to clean up",
+                    record.instance.as_deref().unwrap_or("?")
+                ))
+            }
+            Some(f) if f.record.id == record.id => {}
+            _ => return Err("the move's record changed meanwhile".into()),
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "instance {} did not end the move within {:?}",
+                record.instance.as_deref().unwrap_or("?"),
+                app.settings.admin.move_timeout + ORPHAN_GRACE
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -393,6 +437,12 @@ fn handle(
                 super::engine::warm(&app, &name).await;
                 app.pools.resume(&name);
             });
+        }
+        Message::Abort { tenant } => {
+            if let Some(running) = app.moves.running(&tenant) {
+                tracing::info!(%tenant, "move: aborted at another instance's request");
+                running.abort.send_replace(true);
+            }
         }
         Message::Ack { .. } => {}
     }
