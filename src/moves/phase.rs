@@ -52,7 +52,7 @@ impl Phase {
         serde_json::from_value(serde_json::Value::String(text.into())).ok()
     }
 
-    /// What `pgtenant.tenants.state` says: the state machine, `active` again
+    /// What `pgtenant.tenants.state` says: the tenant's state machine, `active` again
     /// once a move has ended, whichever way.
     pub fn tenant_state(self) -> Phase {
         match self {
