@@ -89,7 +89,7 @@ impl App {
             unauthenticated: Pending::new(settings.proxy.max_unauthenticated_per_address),
             passthrough: VerifierCache::default(),
             auth_secret: rand::random(),
-            moves: Arc::new(crate::moves::Moves::load(settings.registry.file.as_deref())),
+            moves: Arc::new(crate::moves::Moves::load(&settings.registry)),
             settings,
         })
     }

@@ -1,8 +1,8 @@
 //! Tenant moves against real clusters: a schema tenant and a database tenant copied
 //! to another host under a transaction-mode write load (zero failed transactions,
 //! every committed row on the target, serial inserts after the move), an abort in
-//! the middle (the source serves with every row), a session-mode client told 57P01
-//! after move_timeout, and the CLI.
+//! the middle (the source serves with every row), a session-mode client and a
+//! transaction left open told 57P01 after move_timeout, and the CLI.
 
 mod common;
 
@@ -488,6 +488,142 @@ async fn a_session_client_is_told_to_reconnect_after_move_timeout() {
     let again = env.connect("app", "globex").await;
     let names = items(&again).await;
     assert!(names.iter().all(|n| n.ends_with("(pg-b)")), "{names:?}");
+
+    // A transaction-mode client whose transaction is still open at move_timeout is
+    // told the same, its transaction rolled back, and the move goes on.
+    let (mut open, _) = Raw::login(env.addr(), &[("user", "app"), ("database", "acme")]).await;
+    open.send(&query_message(
+        "BEGIN; UPDATE tenant_acme.items SET name = 'rolled back'",
+    ))
+    .await;
+    open.read_until_ready().await;
+    // Idle clients of acme: the move opens servers for them on the new host before
+    // it resumes the tenant (none would be opened before a client asks, otherwise).
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(env.connect("app", "acme").await);
+    }
+    let before = env.backends("pg-b", "erp").await;
+    admin
+        .simple_query("MOVE acme TO pg-b")
+        .await
+        .unwrap_or_else(|e| panic!("MOVE acme with a transaction open: {}", describe(&e)));
+    let warmed = eventually(Duration::from_secs(10), || async {
+        (env.backends("pg-b", "erp").await >= before + 3).then_some(())
+    })
+    .await;
+    assert!(warmed.is_some(), "servers opened on the new host");
+    open.timeout = Duration::from_secs(10);
+    let fatal = open.expect_fatal().await;
+    assert_eq!(fatal.code, "57P01", "{fatal:?}");
+    assert!(fatal.message.contains("moved to host pg-b"), "{fatal:?}");
+    assert_eq!(
+        port_seen(&env, "acme").await,
+        env.host("pg-b").port() as i32
+    );
+    let source = env.direct("pg-a", "erp").await;
+    let rolled_back: i64 = source
+        .query_one(
+            "SELECT count(*) FROM tenant_acme.items WHERE name = 'rolled back'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rolled_back, 0, "the open transaction was not committed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_move_cut_short_by_a_crash_resumes_from_the_state_file() {
+    // No table sync worker on the target: the copy holds in phase copying.
+    let target = ClusterOptions::logical().setting("max_sync_workers_per_subscription", "0");
+    let env = two_hosts(target).start().await;
+    let first = common::process::Proxy::start(&env, "[admin]\nmove_timeout = \"2s\"").await;
+    let admin = connect(&config_for(first.addr(), "pgtenant", Some("pgtenant")))
+        .await
+        .unwrap();
+    let moving = tokio::spawn(async move { admin.simple_query("MOVE acme TO pg-b COPY").await });
+    let target_admin = env.direct("pg-b", "postgres").await;
+    let subscribed = eventually(Duration::from_secs(30), || async {
+        let n: i64 = target_admin
+            .query_one("SELECT count(*) FROM pg_subscription", &[])
+            .await
+            .ok()?
+            .get(0);
+        (n == 1).then_some(())
+    })
+    .await;
+    assert!(subscribed.is_some(), "the move made its subscription");
+    let client = first.connect("acme").await;
+    let mut committed = Vec::new();
+    for n in 0..50 {
+        let row = client
+            .query_one(
+                "INSERT INTO orders (client, n) VALUES (99, $1) RETURNING id",
+                &[&n],
+            )
+            .await
+            .unwrap();
+        committed.push(row.get::<_, i64>(0));
+    }
+    // Killed, as in a crash: the state file beside the registry keeps the move.
+    drop(first);
+    moving.await.unwrap().expect_err("the proxy was killed");
+    for sql in [
+        "ALTER SYSTEM SET max_sync_workers_per_subscription = 2",
+        "SELECT pg_reload_conf()",
+    ] {
+        target_admin.batch_execute(sql).await.unwrap();
+    }
+    let second = common::process::Proxy::start(&env, "[admin]\nmove_timeout = \"2s\"").await;
+    let admin = connect(&config_for(second.addr(), "pgtenant", Some("pgtenant")))
+        .await
+        .unwrap();
+    let row = move_row(&admin, "acme")
+        .await
+        .expect("listed after the crash");
+    assert_eq!(
+        (
+            field(&row, "phase").as_str(),
+            field(&row, "running").as_str()
+        ),
+        ("copying", "f")
+    );
+    admin
+        .simple_query("MOVE acme TO pg-b COPY")
+        .await
+        .unwrap_or_else(|e| panic!("resuming the move: {}", describe(&e)));
+    let row = move_row(&admin, "acme").await.unwrap();
+    assert_eq!(field(&row, "phase"), "active");
+    assert!(
+        field(&row, "message").contains("resumed the move cut short in phase copying"),
+        "{row:?}"
+    );
+    // Serial inserts after the move, on the new host.
+    let client = second.connect("acme").await;
+    let row = client
+        .query_one(
+            "INSERT INTO orders (client, n) VALUES (99, 0) RETURNING id, inet_server_port()",
+            &[],
+        )
+        .await
+        .unwrap();
+    committed.push(row.get(0));
+    assert_eq!(row.get::<_, i32>(1), env.host("pg-b").port() as i32);
+    let on_target = env.direct("pg-b", "erp").await;
+    let found: i64 = on_target
+        .query_one(
+            "SELECT count(*) FROM tenant_acme.orders WHERE id = ANY($1)",
+            &[&committed],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        found as usize,
+        committed.len(),
+        "every committed row on the target"
+    );
 }
 
 /// `pgtenant tenant move` against the running proxy, with the settings file's

@@ -300,7 +300,11 @@ impl Console<'_> {
         let app = self.app;
         let said = match command {
             Command::Show(what) => {
-                let rows = show::rows(app, *what);
+                let rows = match what {
+                    // Read where moves are recorded (another instance's too).
+                    super::command::Show::Moves => super::moving::rows(app).await?,
+                    _ => show::rows(app, *what),
+                };
                 for row in &rows {
                     wire::data_row(out, row, formats);
                 }

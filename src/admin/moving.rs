@@ -60,7 +60,7 @@ fn failed(e: MoveError) -> Failed {
 
 /// Runs a move to its end; what it did, or why it failed.
 pub async fn run(app: &Arc<App>, request: &MoveRequest) -> Result<String, Failed> {
-    let running = engine::start(app, request.clone()).map_err(failed)?;
+    let running = engine::start(app, request.clone()).await.map_err(failed)?;
     let mut done = running.done.subscribe();
     let _ = done.wait_for(|d| d.is_some()).await;
     let outcome = done.borrow().clone().expect("ended");
@@ -89,32 +89,62 @@ pub const COLUMNS: &[Column] = &[
     col("bytes_total", Type::Int8),
     col("paused_ms", Type::Int8),
     col("started_at", Type::Int8),
+    col("move_id", Type::Text),
+    col("instance", Type::Text),
+    // Last: the CLI prints it.
     col("message", Type::Text),
 ];
 
-pub fn rows(app: &App) -> Rows {
-    app.moves
-        .records()
+/// Every recorded move (here, the state file's, or the registry database's), and
+/// whether it runs now; `running` false for one not finished: cut short.
+pub async fn rows(app: &App) -> Result<Rows, Failed> {
+    let listed = app.moves.list().await.map_err(|e| Failed {
+        code: crate::protocol::sqlstate::CONNECTION_FAILURE,
+        message: format!("cannot read the recorded moves: {e}"),
+    })?;
+    Ok(listed
         .into_iter()
-        .map(|r| {
-            let running = app.moves.running(&r.tenant).is_some();
+        .map(|f| {
+            let r = f.record;
             vec![
                 r.tenant.into(),
                 r.from.into(),
                 r.to.into(),
                 r.copy.into(),
                 r.phase.as_str().into(),
-                running.into(),
+                f.owner_alive.into(),
                 r.rows_done.into(),
                 r.rows_total.into(),
                 r.bytes_done.into(),
                 r.bytes_total.into(),
                 r.paused_ms.into(),
                 r.started_at.into(),
+                r.id.into(),
+                r.instance.into(),
                 r.message.into(),
             ]
         })
-        .collect()
+        .collect())
+}
+
+/// Recorded moves as JSON objects, each with `running`.
+async fn listed(app: &App) -> Result<Vec<serde_json::Value>, String> {
+    Ok(app
+        .moves
+        .list()
+        .await?
+        .into_iter()
+        .map(|f| {
+            let mut value = serde_json::to_value(&f.record).unwrap_or_default();
+            value["running"] = f.owner_alive.into();
+            value
+        })
+        .collect())
+}
+
+async fn one(app: &App, tenant: &str) -> Option<serde_json::Value> {
+    let found = app.moves.find(tenant).await.ok()??;
+    serde_json::to_value(&found.record).ok()
 }
 
 pub fn routes(app: &Arc<App>) -> Router {
@@ -152,7 +182,7 @@ fn error(status: StatusCode, message: String) -> Response {
 fn status_of(e: &MoveError) -> StatusCode {
     match e {
         MoveError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        MoveError::Busy(_) => StatusCode::CONFLICT,
+        MoveError::Busy(_) | MoveError::Elsewhere { .. } => StatusCode::CONFLICT,
         MoveError::Aborted(_) | MoveError::Failed(_) => StatusCode::CONFLICT,
     }
 }
@@ -165,7 +195,13 @@ async fn list(State(state): State<super::api::AppState>) -> Response {
     let Some(app) = state.upgrade() else {
         return stopped();
     };
-    Json(app.moves.records()).into_response()
+    match listed(&app).await {
+        Ok(moves) => Json(moves).into_response(),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot read the recorded moves: {e}"),
+        ),
+    }
 }
 
 async fn start(
@@ -183,14 +219,14 @@ async fn start(
         drop_source: body.drop_source,
     };
     if !body.wait {
-        return match engine::start(&app, request) {
-            Ok(_) => (StatusCode::ACCEPTED, Json(app.moves.record(&name))).into_response(),
+        return match engine::start(&app, request).await {
+            Ok(_) => (StatusCode::ACCEPTED, Json(one(&app, &name).await)).into_response(),
             Err(e) => error(status_of(&e), e.to_string()),
         };
     }
     match run(&app, &request).await {
         Ok(message) => {
-            Json(json!({ "message": message, "move": app.moves.record(&name) })).into_response()
+            Json(json!({ "message": message, "move": one(&app, &name).await })).into_response()
         }
         Err(failed) => error(StatusCode::CONFLICT, failed.message),
     }

@@ -19,7 +19,7 @@ pub struct MoveArgs {
     /// The tenant to move.
     pub name: String,
     /// The host (registry name) to move it to.
-    #[arg(long, value_name = "HOST", required_unless_present = "abort")]
+    #[arg(long, value_name = "HOST", required_unless_present_any = ["abort", "status"])]
     pub to: Option<String>,
     /// Copy the tenant's data first (logical replication; wal_level = logical on both
     /// hosts). Without it the data must already be on the new host.
@@ -31,6 +31,10 @@ pub struct MoveArgs {
     /// Abort the tenant's move under way (or one cut short): it serves from the old host.
     #[arg(long)]
     pub abort: bool,
+    /// Show the tenant's latest move as recorded (by any instance, with a registry
+    /// database), and exit.
+    #[arg(long, conflicts_with_all = ["to", "abort", "copy"])]
+    pub status: bool,
     /// Console user (one of admin.users); default: the first of them. The password
     /// comes from PGPASSWORD.
     #[arg(long, value_name = "USER")]
@@ -89,6 +93,13 @@ fn db_error(e: tokio_postgres::Error) -> anyhow::Error {
 pub async fn run(args: MoveArgs, config: &Path) -> anyhow::Result<()> {
     let settings = Settings::load(config)?;
     let admin = console(&settings, args.user.as_deref()).await?;
+    if args.status {
+        let row = row_of(&admin, &args.name)
+            .await
+            .ok_or_else(|| anyhow!("no move of tenant \"{}\" is recorded", args.name))?;
+        println!("{}", status_line(&row));
+        return Ok(());
+    }
     if args.abort {
         admin
             .simple_query(&format!("ABORT MOVE {}", quote(&args.name)))
@@ -155,8 +166,39 @@ async fn row_of(watcher: &Client, tenant: &str) -> Option<Vec<String>> {
     })
 }
 
+/// One line saying where the move is: phase, whether it runs, its last message.
+fn status_line(row: &[String]) -> String {
+    let get = |i: usize| row.get(i).map(String::as_str).unwrap_or("");
+    let phase = get(PHASE);
+    let state = match (get(RUNNING), phase) {
+        ("t", _) => format!("running on instance {}", get(INSTANCE)),
+        (_, "active" | "failed" | "aborted") => "ended".to_string(),
+        _ => "cut short (resume: move it again the same way; or --abort)".to_string(),
+    };
+    format!(
+        "tenant \"{}\": move {} from {} to {}{}: phase {phase}, {state}{}{}",
+        get(0),
+        get(MOVE_ID),
+        get(1),
+        get(2),
+        if get(3) == "t" { " with copy" } else { "" },
+        if get(ROWS_TOTAL).is_empty() || get(ROWS_TOTAL) == "0" {
+            String::new()
+        } else {
+            format!("; {} of {} rows copied", get(ROWS_DONE), get(ROWS_TOTAL))
+        },
+        match row.last().map(String::as_str) {
+            Some("") | None => String::new(),
+            Some(message) => format!("\n{message}"),
+        }
+    )
+}
+
 /// Columns of SHOW MOVES (`admin::moving::COLUMNS`).
 const PHASE: usize = 4;
+const RUNNING: usize = 5;
+const MOVE_ID: usize = 12;
+const INSTANCE: usize = 13;
 const ROWS_DONE: usize = 6;
 const ROWS_TOTAL: usize = 7;
 const BYTES_DONE: usize = 8;

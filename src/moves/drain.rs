@@ -1,7 +1,8 @@
 //! Pausing a tenant for its switch: new transactions wait at the gate, those in
-//! flight finish. Session-mode clients (and transaction-mode clients pinned to their
-//! server) cannot follow a move: after `admin.move_timeout` those still holding a
-//! server are told FATAL 57P01 and closed.
+//! flight finish. Clients that still hold a server after `admin.move_timeout`
+//! cannot follow the move: session-mode clients, transaction-mode clients pinned to
+//! their server, and transaction-mode clients whose transaction is still open (it
+//! is rolled back). They are told FATAL 57P01 and closed, and the move goes on.
 
 use std::time::Duration;
 
@@ -50,7 +51,7 @@ pub async fn pause_and_drain(
     }
 }
 
-/// Closes the tenant's clients that keep a server between transactions.
+/// Closes the tenant's clients that still hold a server.
 fn close_session_clients(app: &App, tenant: &TenantName, to: &str) -> usize {
     let fatal = messages::build(|b| {
         messages::error_response(
@@ -68,7 +69,6 @@ fn close_session_clients(app: &App, tenant: &TenantName, to: &str) -> usize {
     clients
         .iter()
         .filter(|c| c.server_pid().is_some())
-        .filter(|c| c.mode == "session" || (c.at_rest() && !c.in_transaction()))
         .filter(|c| c.terminate(&fatal))
         .count()
 }

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use super::copy::{self, Copy, Endpoint, Scope};
 use super::fleet::{self, Coordinator};
 use super::phase::Replication;
+use super::teardown;
 use super::{MoveError, MoveRecord, MoveRequest, Phase, Running};
 use crate::app::App;
 use crate::registry::{HostName, TenantName};
@@ -19,29 +20,31 @@ use crate::registry::{HostName, TenantName};
 const POLL: Duration = Duration::from_millis(50);
 /// Under the pause, how long the last changes may take to reach the target.
 const FINAL_CATCH_UP: Duration = Duration::from_secs(10);
+/// How long the pause may wait for server connections opening on the new host.
+const WARM_WITHIN: Duration = Duration::from_millis(500);
 
 /// Starts a move in the background; the returned entry says when it ends.
-pub fn start(app: &Arc<App>, request: MoveRequest) -> Result<Arc<Running>, MoveError> {
-    let (record, plan) = plan(app, &request)?;
+///
+/// A move of the same tenant cut short earlier (its instance crashed or was
+/// restarted: the record says so) is resumed when this one goes to the same host
+/// the same way; otherwise it must be aborted first.
+pub async fn start(app: &Arc<App>, request: MoveRequest) -> Result<Arc<Running>, MoveError> {
+    let (mut record, plan) = plan(app, &request)?;
     let running = app.moves.begin(&request.tenant)?;
-    // What a move cut short left (replication objects, a partial copy) is known
-    // only from its record: it is aborted before another move may start.
-    if let Some(earlier) = app
-        .moves
-        .record(&request.tenant)
-        .filter(MoveRecord::is_open)
-    {
-        app.moves.end(&request.tenant);
-        return Err(MoveError::Refused(format!(
-            "an earlier move of tenant \"{}\" to {} was cut short in phase {}; abort it first (pgtenant tenant move --abort {} or ABORT MOVE {})",
-            request.tenant, earlier.to, earlier.phase, request.tenant, request.tenant
-        )));
-    }
-    app.moves.update(&record);
+    let earlier = match earlier(app, &request).await {
+        Ok(earlier) => earlier,
+        Err(e) => {
+            app.moves.end(&request.tenant);
+            return Err(e);
+        }
+    };
+    record.drop_source = request.drop_source;
+    record.instance = fleet::instance_id(app);
     let (app, entry) = (app.clone(), running.clone());
     tokio::spawn(async move {
         let tenant = request.tenant.clone();
-        let outcome = run(&app, &request, plan, record, entry.abort.subscribe()).await;
+        let abort = entry.abort.subscribe();
+        let outcome = run(&app, &request, plan, record, earlier, abort).await;
         app.moves.end(&tenant);
         entry
             .done
@@ -50,50 +53,45 @@ pub fn start(app: &Arc<App>, request: MoveRequest) -> Result<Arc<Running>, MoveE
     Ok(running)
 }
 
-/// Asks a running move to stop; it resumes the tenant on the source and cleans up.
-/// A move cut short by a restart is cleaned up here and now.
-pub async fn abort(app: &Arc<App>, tenant: &str) -> Result<String, MoveError> {
-    if let Some(running) = app.moves.running(tenant) {
-        running.abort.send_replace(true);
-        let mut done = running.done.subscribe();
-        let _ = done.wait_for(|d| d.is_some()).await;
-        let outcome = done.borrow().clone().expect("ended");
-        return match outcome {
-            Ok(message) => Err(MoveError::Failed(format!(
-                "the move had already switched and finished: {message}"
-            ))),
-            Err(message) => Ok(message),
-        };
-    }
-    let record = app
+/// The earlier move of the tenant this one resumes, if any; refuses when there is
+/// one this move cannot resume.
+async fn earlier(app: &App, request: &MoveRequest) -> Result<Option<MoveRecord>, MoveError> {
+    // This move is already `running` here: the record is read as it is stored.
+    let found = app
         .moves
-        .record(tenant)
-        .filter(MoveRecord::is_open)
-        .ok_or_else(|| MoveError::Refused(format!("no move of tenant \"{tenant}\" to abort")))?;
-    if !record.phase.before_switch() {
-        let done = finish_interrupted(app, &record).await;
-        return Err(MoveError::Failed(format!(
-            "the move of tenant \"{tenant}\" had switched to {} before it was cut short; it cannot be undone, only finished: {done}",
-            record.to
+        .recorded(&request.tenant)
+        .await
+        .map_err(|e| MoveError::Failed(format!("cannot read the recorded moves: {e}")))?;
+    let Some(found) = found.filter(|f| f.record.is_open()) else {
+        return Ok(None);
+    };
+    let earlier = found.record;
+    if found.owner_alive {
+        return Err(MoveError::Elsewhere {
+            tenant: request.tenant.clone(),
+            instance: earlier.instance.unwrap_or_default(),
+        });
+    }
+    let same = earlier.to == request.to && earlier.copy == request.copy;
+    if !earlier.phase.before_switch() || !same {
+        return Err(MoveError::Refused(format!(
+            "an earlier move of tenant \"{}\" to {} was cut short in phase {}; abort it first (pgtenant tenant move --abort {} or ABORT MOVE {}){}",
+            request.tenant,
+            earlier.to,
+            earlier.phase,
+            request.tenant,
+            request.tenant,
+            match earlier.phase.before_switch() {
+                true => format!(", or resume it: move to {} the same way", earlier.to),
+                false => String::new(),
+            }
         )));
     }
-    let snapshot = app.registry.snapshot();
-    let cleanup = match (&record.replication, snapshot.tenant(tenant)) {
-        (Some(r), Some(t)) => cleanup(app, &record, &t.search_path, r).await,
-        _ => String::new(),
-    };
-    let message = format!(
-        "move of tenant \"{tenant}\" aborted; it serves from {}{cleanup}",
-        record.from
-    );
-    app.moves.modify(tenant, |r| {
-        r.phase = Phase::Aborted;
-        r.finished = true;
-        r.message = message.clone();
-        r.updated_at = super::phase::now();
-    });
-    Ok(message)
+    tracing::info!(tenant = %request.tenant, phase = %earlier.phase, "move: resuming a move cut short");
+    Ok(Some(earlier))
 }
+
+pub use super::abort::abort;
 
 struct Plan {
     tenant: TenantName,
@@ -178,15 +176,27 @@ async fn run(
     request: &MoveRequest,
     plan: Plan,
     mut record: MoveRecord,
+    earlier: Option<MoveRecord>,
     mut abort: watch::Receiver<bool>,
 ) -> Result<String, MoveError> {
     let mut paused_at = None;
     let mut fleet = None;
+    // Nothing is made before the move is recorded: a crash leaves nothing unknown.
+    if let Err(e) = app.moves.save(&record, true).await {
+        return Err(MoveError::Failed(format!(
+            "cannot record the move where the registry lives ({e}); nothing was changed{}",
+            match app.settings.registry.url {
+                Some(_) => " (pgtenant registry init adds the moves table)",
+                None => "",
+            }
+        )));
+    }
     let result = steps(
         app,
         request,
         &plan,
         &mut record,
+        earlier,
         (&mut paused_at, &mut fleet),
         &mut abort,
     )
@@ -202,7 +212,10 @@ async fn run(
                 fleet.resume_others(&record.from).await;
             }
             let cleanup = match &record.replication {
-                Some(r) => cleanup(app, &record, &app_search_path(app, &plan.tenant), r).await,
+                Some(r) => {
+                    let path = app_search_path(app, &plan.tenant);
+                    super::abort::cleanup(app, &record, &path, r).await
+                }
                 None => String::new(),
             };
             let aborted = why == ABORTED;
@@ -225,7 +238,7 @@ async fn run(
             record.finished = true;
             record.message = message.clone();
             record.updated_at = super::phase::now();
-            app.moves.update(&record);
+            let _ = app.moves.save(&record, true).await;
             Err(match aborted {
                 true => MoveError::Aborted(message),
                 false => MoveError::Failed(message),
@@ -242,101 +255,13 @@ fn app_search_path(app: &App, tenant: &TenantName) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Drops the replication objects and the partial copy on the target; says what
-/// could not be dropped.
-async fn cleanup(
-    app: &App,
-    record: &MoveRecord,
-    search_path: &[String],
-    r: &Replication,
-) -> String {
-    let snapshot = app.registry.snapshot();
-    let (Some(from), Some(to)) = (
-        snapshot.host(&HostName::new(&record.from)),
-        snapshot.host(&HostName::new(&record.to)),
-    ) else {
-        return "; its hosts are no longer in the registry: drop the replication objects by hand"
-            .into();
-    };
-    let (Ok(source), Ok(target)) = (
-        Endpoint::new(&from, &r.database),
-        Endpoint::new(&to, &r.database),
-    ) else {
-        return String::new();
-    };
-    let mut left = Vec::new();
-    if let Err(e) = copy::drop_replication(&source, &target, &r.name).await {
-        left.push(format!("replication objects {}: {e}", r.name));
-    } else if r.target_made {
-        // Only what this move made: a schema or database that was there before the
-        // move is never dropped.
-        if let Err(e) = copy::drop_copy(&target, &Scope::of(search_path)).await {
-            left.push(format!("the partial copy on {}: {e}", record.to));
-        }
-    }
-    match (left.is_empty(), r.target_made) {
-        (true, true) => format!("; the partial copy on {} was dropped", record.to),
-        (true, false) => String::new(),
-        (false, _) => format!("; could not drop {}", left.join("; ")),
-    }
-}
-
-/// A move that had switched when it was cut short: the tenant serves from the
-/// target; what is left is dropping the replication objects.
-async fn finish_interrupted(app: &App, record: &MoveRecord) -> String {
-    let Some(r) = &record.replication else {
-        return "nothing left to drop".into();
-    };
-    let snapshot = app.registry.snapshot();
-    let hosts = (
-        snapshot.host(&HostName::new(&record.from)),
-        snapshot.host(&HostName::new(&record.to)),
-    );
-    let message = match hosts {
-        (Some(from), Some(to)) => match (
-            Endpoint::new(&from, &r.database),
-            Endpoint::new(&to, &r.database),
-        ) {
-            (Ok(s), Ok(t)) => match copy::drop_replication(&s, &t, &r.name).await {
-                Ok(()) => "replication objects dropped".to_string(),
-                Err(e) => format!("could not drop the replication objects: {e}"),
-            },
-            _ => "bad host address".into(),
-        },
-        _ => "its hosts are no longer in the registry".into(),
-    };
-    app.moves.modify(&record.tenant, |r| {
-        r.phase = Phase::Active;
-        r.finished = true;
-        r.message = message.clone();
-    });
-    message
-}
-
-fn set_phase(app: &App, record: &mut MoveRecord, phase: Phase) {
+/// A phase change, recorded (with the tenant's `state` in a registry database)
+/// before the move goes on.
+async fn set_phase(app: &App, record: &mut MoveRecord, phase: Phase) {
     tracing::info!(tenant = %record.tenant, from = %record.from, to = %record.to, phase = %phase, "move");
     record.phase = phase;
     record.updated_at = super::phase::now();
-    app.moves.update(record);
-    registry_state(app, &record.tenant, phase);
-}
-
-/// With the PostgreSQL registry, the phase goes to the tenant's `state` column
-/// (`active` once the move has ended, whichever way).
-fn registry_state(app: &App, tenant: &str, phase: Phase) {
-    let Some(url) = app.settings.registry.url.clone() else {
-        return;
-    };
-    let state = match phase {
-        Phase::Failed | Phase::Aborted => Phase::Active,
-        phase => phase,
-    };
-    let tenant = tenant.to_string();
-    tokio::spawn(async move {
-        if let Err(e) = super::state::set_registry_state(&url, &tenant, state.as_str()).await {
-            tracing::warn!(%tenant, "cannot record the move's phase in the registry: {e}");
-        }
-    });
+    let _ = app.moves.save(record, true).await;
 }
 
 async fn steps(
@@ -344,13 +269,15 @@ async fn steps(
     request: &MoveRequest,
     plan: &Plan,
     record: &mut MoveRecord,
+    earlier: Option<MoveRecord>,
     (paused_at, fleet): (&mut Option<Instant>, &mut Option<Coordinator>),
     abort: &mut watch::Receiver<bool>,
 ) -> Result<String, String> {
     // With other instances on the registry database, they pause and acknowledge too.
     if let (Some(me), Some(url)) = (fleet::instance_id(app), &app.settings.registry.url) {
-        *fleet = Some(Coordinator::open(url, me, plan.tenant.as_str()).await?);
+        *fleet = Some(Coordinator::open(url, me, plan.tenant.as_str(), &record.id).await?);
     }
+    let mut notes = Vec::new();
     let mut copy = None;
     if let (Some(source), Some(target)) = (&plan.source, &plan.target) {
         let name = copy::object_name(plan.tenant.as_str());
@@ -365,30 +292,39 @@ async fn steps(
         )
         .await?;
         or_abort(abort, c.check()).await?;
-        set_phase(app, record, Phase::Copying);
+        let resumed = match earlier
+            .as_ref()
+            .and_then(|e| Some((e, e.replication.as_ref()?)))
+        {
+            Some((e, r)) => resume(app, &mut c, e, r, &mut notes).await?,
+            None => false,
+        };
+        set_phase(app, record, Phase::Copying).await;
         // From here on, a failure drops what was made.
         record.replication = Some(Replication {
             name: name.clone(),
             database: source.database.clone(),
-            target_made: false,
+            target_made: resumed && (c.created_database || c.created_schemas),
         });
-        app.moves.update(record);
-        // Not cut short by an abort: what it made on the target must be known to be
-        // dropped again.
-        let prepared = c.prepare_target().await;
-        if let Some(r) = record.replication.as_mut() {
-            r.target_made = c.created_database || c.created_schemas;
+        let _ = app.moves.save(record, false).await;
+        if !resumed {
+            // Not cut short by an abort: what it made on the target must be known
+            // to be dropped again.
+            let prepared = c.prepare_target().await;
+            if let Some(r) = record.replication.as_mut() {
+                r.target_made = c.created_database || c.created_schemas;
+            }
+            let _ = app.moves.save(record, false).await;
+            prepared?;
+            c.start().await?;
         }
-        app.moves.update(record);
-        prepared?;
-        c.start().await?;
         loop {
             let progress = or_abort(abort, c.progress()).await?;
             record.rows_done = progress.rows_done;
             record.rows_total = progress.rows_total;
             record.bytes_done = progress.bytes_done;
             record.bytes_total = progress.bytes_total;
-            app.moves.update(record);
+            let _ = app.moves.save(record, false).await;
             if or_abort(abort, c.synced()).await? {
                 break;
             }
@@ -400,7 +336,7 @@ async fn steps(
         }
         record.rows_done = record.rows_total;
         record.bytes_done = record.bytes_total;
-        set_phase(app, record, Phase::CatchingUp);
+        set_phase(app, record, Phase::CatchingUp).await;
         // Close enough that the last stretch under the pause is short.
         loop {
             let lsn = or_abort(abort, c.source_lsn()).await?;
@@ -416,7 +352,7 @@ async fn steps(
         copy = Some(c);
     }
 
-    set_phase(app, record, Phase::Paused);
+    set_phase(app, record, Phase::Paused).await;
     *paused_at = Some(Instant::now());
     let tenant = &plan.tenant;
     let others = async {
@@ -452,27 +388,29 @@ async fn steps(
         return Err(ABORTED.into());
     }
     switch(app, tenant, &record.from.clone(), &plan.to).await?;
-    set_phase(app, record, Phase::Switched);
+    let warmed = warm(app, tenant).await;
     app.pools.resume(tenant);
     if let Some(f) = fleet.as_mut() {
         f.resume_others(plan.to.as_str()).await;
     }
+    // Recorded once the clients go on (the registry itself says the move switched:
+    // an abort of a move cut short here looks at the tenant's host).
+    set_phase(app, record, Phase::Switched).await;
     let paused = paused_at.map(|t| t.elapsed()).unwrap_or_default();
     record.paused_ms = Some(paused.as_millis() as u64);
-    tracing::info!(%tenant, to = %plan.to, paused_ms = paused.as_millis() as u64, "move: switched and resumed");
+    tracing::info!(%tenant, to = %plan.to, paused_ms = paused.as_millis() as u64, warmed, "move: switched and resumed");
 
     // After the resume: nothing here keeps clients waiting.
-    let mut notes = Vec::new();
     if closed > 0 {
         notes.push(format!("{closed} session client(s) told to reconnect"));
     }
     if let (Some(c), Some(r)) = (&copy, &record.replication) {
-        match copy::drop_replication(&c.source, &c.target, &r.name).await {
+        match teardown::drop_replication(&c.source, &c.target, &r.name).await {
             Ok(()) => notes.push("replication objects dropped".into()),
             Err(e) => notes.push(format!("could not drop the replication objects: {e}")),
         }
         if request.drop_source {
-            match copy::drop_copy(&c.source, &plan.scope).await {
+            match teardown::drop_copy(&c.source, &plan.scope).await {
                 Ok(()) => notes.push(format!("source copy on {} dropped", record.from)),
                 Err(e) => notes.push(format!("could not drop the source copy: {e}")),
             }
@@ -490,8 +428,51 @@ async fn steps(
     );
     record.message = message.clone();
     record.finished = true;
-    set_phase(app, record, Phase::Active);
+    set_phase(app, record, Phase::Active).await;
     Ok(message)
+}
+
+/// Picks up the replication of a move cut short: true when its subscription, slot
+/// and publication are all still there (the copy goes on from where it was);
+/// otherwise what is left of them is dropped and the copy starts over.
+async fn resume(
+    app: &App,
+    c: &mut Copy,
+    earlier: &MoveRecord,
+    r: &Replication,
+    notes: &mut Vec<String>,
+) -> Result<bool, String> {
+    if r.name == c.name && c.reuse(r.target_made).await? {
+        notes.push(format!(
+            "resumed the move cut short in phase {} with its subscription {}",
+            earlier.phase, r.name
+        ));
+        return Ok(true);
+    }
+    let path = app_search_path(app, &TenantName::new(&earlier.tenant));
+    let cleaned = super::abort::cleanup(app, earlier, &path, r).await;
+    if cleaned.contains("could not drop") {
+        return Err(format!(
+            "the move cut short in phase {} left replication objects that are not all usable{cleaned}",
+            earlier.phase
+        ));
+    }
+    notes.push(format!(
+        "the move cut short in phase {} had lost its subscription; started the copy over{cleaned}",
+        earlier.phase
+    ));
+    Ok(false)
+}
+
+/// Under the pause, before the clients go on: server connections opened on the new
+/// host, as many as the tenant has clients (up to its pool size), so they do not
+/// each wait for one. How many were opened.
+pub async fn warm(app: &App, tenant: &TenantName) -> usize {
+    let clients = app
+        .metrics
+        .find_tenant(tenant.as_str())
+        .map_or(0, |s| s.client_count());
+    app.pools.warm(tenant, clients.max(1), WARM_WITHIN).await
 }
 
 async fn drain_or_abort(

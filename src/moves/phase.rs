@@ -46,6 +46,20 @@ impl Phase {
             Phase::Copying | Phase::CatchingUp | Phase::Paused | Phase::Active
         )
     }
+
+    /// The phase as written by the registry (`pgtenant.moves.phase`).
+    pub fn parse(text: &str) -> Option<Phase> {
+        serde_json::from_value(serde_json::Value::String(text.into())).ok()
+    }
+
+    /// What `pgtenant.tenants.state` says: the tenant's state machine, `active` again
+    /// once a move has ended, whichever way.
+    pub fn tenant_state(self) -> Phase {
+        match self {
+            Phase::Failed | Phase::Aborted => Phase::Active,
+            phase => phase,
+        }
+    }
 }
 
 impl fmt::Display for Phase {
@@ -71,9 +85,14 @@ pub struct Replication {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MoveRecord {
     pub tenant: String,
+    /// This run's id (the fleet's acknowledgements carry it).
+    #[serde(default)]
+    pub id: String,
     pub from: String,
     pub to: String,
     pub copy: bool,
+    #[serde(default)]
+    pub drop_source: bool,
     pub phase: Phase,
     /// Whether the move is still running (`false`: ended, or cut short by a restart).
     #[serde(default)]
@@ -97,6 +116,9 @@ pub struct MoveRecord {
     pub paused_ms: Option<u64>,
     #[serde(default)]
     pub replication: Option<Replication>,
+    /// The proxy instance running the move (with a registry database).
+    #[serde(default)]
+    pub instance: Option<String>,
 }
 
 pub fn now() -> u64 {
@@ -109,9 +131,11 @@ impl MoveRecord {
     pub fn new(tenant: &str, from: &str, to: &str, copy: bool) -> MoveRecord {
         MoveRecord {
             tenant: tenant.into(),
+            id: format!("{:016x}", rand::random::<u64>()),
             from: from.into(),
             to: to.into(),
             copy,
+            drop_source: false,
             phase: Phase::Active,
             finished: false,
             started_at: now(),
@@ -123,6 +147,7 @@ impl MoveRecord {
             bytes_total: 0,
             paused_ms: None,
             replication: None,
+            instance: None,
         }
     }
 
@@ -144,5 +169,8 @@ mod tests {
         assert_eq!(Phase::CatchingUp.as_str(), "catching_up");
         assert!(Phase::Paused.before_switch());
         assert!(!Phase::Switched.before_switch());
+        assert_eq!(Phase::parse("catching_up"), Some(Phase::CatchingUp));
+        assert_eq!(Phase::parse("nonsense"), None);
+        assert_eq!(Phase::Aborted.tenant_state(), Phase::Active);
     }
 }

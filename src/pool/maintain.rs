@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::{tenant, Pools};
 use crate::backend;
+use crate::registry::TenantName;
 
 impl Pools {
     /// One round of upkeep; whether some tenant waits for room on a host.
@@ -50,30 +51,8 @@ impl Pools {
                     break;
                 };
                 let budget = budget.in_set(room);
-                let pool = pool.clone();
                 pool.warming.fetch_add(1, Ordering::Relaxed);
-                let pools = self.clone();
-                tokio::spawn(async move {
-                    match backend::connect(
-                        &pool.target,
-                        pools.settings.connect_timeout,
-                        pools.max_message,
-                    )
-                    .await
-                    {
-                        Ok(mut conn) => {
-                            conn.prepared =
-                                backend::PreparedCache::new(pools.settings.max_prepared_statements);
-                            conn.shared = pool.is_shared();
-                            pool.opened(&conn);
-                            pool.give_back(Box::new(conn), budget);
-                        }
-                        Err(e) => {
-                            tracing::warn!(tenant = %pool.tenant, error = %e, "cannot warm a server connection")
-                        }
-                    }
-                    pool.warming.fetch_sub(1, Ordering::Relaxed);
-                });
+                tokio::spawn(open_one(self.clone(), pool.clone(), budget));
             }
         }
         // A pool someone still holds (a client checking out, a lent connection, a warming
@@ -102,6 +81,78 @@ impl Pools {
         self.gates.prune();
         someone_waits
     }
+}
+
+impl Pools {
+    /// Opens up to `n` server connections for each of `tenant`'s current pools (no
+    /// more than a pool's size with those already open), all at once, and waits for
+    /// them up to `within`: a tenant resuming after a move then finds its servers on
+    /// the new host open rather than each client waiting for one to open. Uses only
+    /// what the host's budget has free. How many were opened in time.
+    pub async fn warm(self: &Arc<Self>, tenant: &TenantName, n: usize, within: Duration) -> usize {
+        let pools: Vec<Arc<tenant::TenantPool>> = self
+            .pools
+            .iter()
+            .filter(|p| &p.key().tenant == tenant && !p.is_retired())
+            .map(|p| p.value().clone())
+            .collect();
+        let mut opening = tokio::task::JoinSet::new();
+        for pool in pools {
+            let open = pool.busy() + pool.idle_count() + pool.warming.load(Ordering::Relaxed);
+            for _ in 0..n.min(pool.size.saturating_sub(open)) {
+                // As upkeep's warming: only what the set and the host have free.
+                let Ok(room) = pool.idle.try_room() else {
+                    break;
+                };
+                let Some(budget) = pool.budget.try_acquire() else {
+                    break;
+                };
+                let budget = budget.in_set(room);
+                pool.warming.fetch_add(1, Ordering::Relaxed);
+                opening.spawn(open_one(self.clone(), pool.clone(), budget));
+            }
+        }
+        let mut opened = 0;
+        let all = async {
+            while let Some(done) = opening.join_next().await {
+                opened += usize::from(done.unwrap_or(false));
+            }
+        };
+        let _ = tokio::time::timeout(within, all).await;
+        // Those still opening go on by themselves.
+        opening.detach_all();
+        opened
+    }
+}
+
+/// Opens one server connection for `pool` and gives it to the pool as idle; the
+/// caller counted it in `pool.warming` (so upkeep does not open it twice).
+async fn open_one(
+    pools: Arc<Pools>,
+    pool: Arc<tenant::TenantPool>,
+    budget: super::budget::BudgetPermit,
+) -> bool {
+    let opened = match backend::connect(
+        &pool.target,
+        pools.settings.connect_timeout,
+        pools.max_message,
+    )
+    .await
+    {
+        Ok(mut conn) => {
+            conn.prepared = backend::PreparedCache::new(pools.settings.max_prepared_statements);
+            conn.shared = pool.is_shared();
+            pool.opened(&conn);
+            pool.give_back(Box::new(conn), budget);
+            true
+        }
+        Err(e) => {
+            tracing::warn!(tenant = %pool.tenant, error = %e, "cannot warm a server connection");
+            false
+        }
+    };
+    pool.warming.fetch_sub(1, Ordering::Relaxed);
+    opened
 }
 
 /// Upkeep when no tenant waits for room: reaping and warming need no finer grain, and

@@ -17,6 +17,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "tenant client limit",
         include_str!("migrations/003_tenant_client_limit.sql"),
     ),
+    (4, "moves", include_str!("migrations/004_moves.sql")),
 ];
 
 /// Connects to `url` with the registry's client settings (no TLS).
