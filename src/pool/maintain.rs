@@ -132,10 +132,15 @@ async fn open_one(
     pool: Arc<tenant::TenantPool>,
     budget: super::budget::BudgetPermit,
 ) -> bool {
-    let opened = match backend::connect(
+    // Through the restart watch, never waiting (the deadline is now): a host that
+    // says it is starting up is marked restarting, and one that opens is marked back.
+    let opened = match super::restart::connect(
         &pool.target,
+        &pool.budget.restart,
+        pools.settings.checkout_timeout,
         pools.settings.connect_timeout,
         pools.max_message,
+        std::time::Instant::now(),
     )
     .await
     {
