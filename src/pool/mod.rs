@@ -326,6 +326,14 @@ impl Pools {
                 _ = tokio::time::sleep_until(deadline.into()) => return Err(timeout()),
             }
         };
+        // Out of the set's line before opening, so no server handed over meanwhile
+        // waits on us while we connect: one that already was is taken instead (the
+        // room and the budget just got go back).
+        if let Some(idle) = handed.leave() {
+            if conn::is_alive(&idle.conn, &pool.budget) {
+                return Ok(PooledConn::new(idle.conn, idle.budget, slot, pool.clone()));
+            }
+        }
         // Boxed: opening is rare, and inline it would enlarge every client's state.
         // A host that is restarting is tried again until `deadline` (`restart`).
         let mut conn = Box::pin(restart::connect(
@@ -565,15 +573,19 @@ impl Handoff {
             None => std::future::pending().await,
         }
     }
+
+    /// Leaves the line: the server handed over already, if one was.
+    fn leave(&mut self) -> Option<tenant::Idle> {
+        let mut rx = self.rx.take()?;
+        rx.close();
+        rx.try_recv().ok()
+    }
 }
 
 impl Drop for Handoff {
     fn drop(&mut self) {
-        if let Some(mut rx) = self.rx.take() {
-            rx.close();
-            if let Ok(idle) = rx.try_recv() {
-                self.pool.give_back(idle.conn, idle.budget);
-            }
+        if let Some(idle) = self.leave() {
+            self.pool.give_back(idle.conn, idle.budget);
         }
     }
 }
