@@ -121,14 +121,12 @@ def worker(mode, host, port, db, seconds, tenants, out):
     out.put((done, backend_cpu(pid) - cpu))
 
 
-def main():
-    host, port, db = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    seconds = float(sys.argv[4]) if len(sys.argv) > 4 else 5
-    procs = int(sys.argv[5]) if len(sys.argv) > 5 else 4
-    tenants = int(sys.argv[6]) if len(sys.argv) > 6 else 50
+def rounds(modes, worker, host, port, db, seconds, procs, tenants, unit):
+    """Three rounds of each mode, `procs` processes of `worker` at once; per mode the
+    median rate and server CPU per `unit` (µs)."""
     results = {}
     for rnd in range(3):
-        for mode in ("shared", "per-tenant"):
+        for mode in modes:
             out = mp.Queue()
             ps = [mp.Process(target=worker, args=(mode, host, port, db, seconds, tenants, out))
                   for _ in range(procs)]
@@ -140,10 +138,19 @@ def main():
             total = sum(n for n, _ in got)
             cpu_us = sum(c for _, c in got) / total * 1e6
             results.setdefault(mode, []).append((total / seconds, cpu_us))
-            print(f"round {rnd + 1} {mode:<10} {total / seconds:,.0f} executions/s, "
-                  f"server CPU {cpu_us:.1f} µs per execution", flush=True)
-    med = {m: (sorted(r for r, _ in v)[len(v) // 2], sorted(c for _, c in v)[len(v) // 2])
-           for m, v in results.items()}
+            print(f"round {rnd + 1} {mode:<10} {total / seconds:,.0f}/s, "
+                  f"server CPU {cpu_us:.1f} µs per {unit}", flush=True)
+    return {m: (sorted(r for r, _ in v)[len(v) // 2], sorted(c for _, c in v)[len(v) // 2])
+            for m, v in results.items()}
+
+
+def main():
+    host, port, db = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    seconds = float(sys.argv[4]) if len(sys.argv) > 4 else 5
+    procs = int(sys.argv[5]) if len(sys.argv) > 5 else 4
+    tenants = int(sys.argv[6]) if len(sys.argv) > 6 else 50
+    med = rounds(("shared", "per-tenant"), worker, host, port, db, seconds, procs, tenants,
+                 "execution")
     (rs, cs), (rt, ct) = med["shared"], med["per-tenant"]
     print(f"median: shared {rs:,.0f}/s {cs:.1f} µs, per-tenant {rt:,.0f}/s {ct:.1f} µs; "
           f"per-tenant / shared: rate {rt / rs:.2f}, server CPU {ct / cs:.2f}")

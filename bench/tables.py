@@ -20,12 +20,11 @@ usage: bench/tables.py HOST PORT DATABASE [SECONDS] [PROCESSES] [TENANTS]
 The database needs schemas tenant_0001.. with a table kv(id, v) (bench/bench.py's
 `many` database).
 """
-import multiprocessing as mp
 import random
 import sys
 import time
 
-from plans import Conn, backend_cpu, backend_pid, query
+from plans import Conn, backend_cpu, backend_pid, query, rounds
 
 MODES = ("one", "many", "many+set")
 
@@ -63,24 +62,7 @@ def main():
     seconds = float(sys.argv[4]) if len(sys.argv) > 4 else 3
     procs = int(sys.argv[5]) if len(sys.argv) > 5 else 4
     tenants = int(sys.argv[6]) if len(sys.argv) > 6 else 1000
-    results = {}
-    for rnd in range(3):
-        for mode in MODES:
-            out = mp.Queue()
-            ps = [mp.Process(target=worker, args=(mode, host, port, db, seconds, tenants, out))
-                  for _ in range(procs)]
-            for p in ps:
-                p.start()
-            got = [out.get() for _ in ps]
-            for p in ps:
-                p.join()
-            total = sum(n for n, _ in got)
-            cpu_us = sum(c for _, c in got) / total * 1e6
-            results.setdefault(mode, []).append((total / seconds, cpu_us))
-            print(f"round {rnd + 1} {mode:<9} {total / seconds:,.0f} queries/s, "
-                  f"server CPU {cpu_us:.1f} µs per query", flush=True)
-    med = {m: (sorted(r for r, _ in v)[len(v) // 2], sorted(c for _, c in v)[len(v) // 2])
-           for m, v in results.items()}
+    med = rounds(MODES, worker, host, port, db, seconds, procs, tenants, "query")
     one = med["one"][1]
     for mode in MODES:
         rate, cpu = med[mode]
